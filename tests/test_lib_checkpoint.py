@@ -1,0 +1,84 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from lib.checkpoint import load_checkpoint, save_checkpoint
+from lib.errors import CheckpointError
+
+
+def _state():
+    rng = np.random.default_rng(3)
+    rng.random()
+    legacy = np.random.RandomState(5).get_state()
+    return {
+        "model": {"w": torch.arange(6.0).reshape(2, 3)},
+        "epoch": 4,
+        "assignment": np.array([0, 1, -1, 1], dtype=np.int32),
+        "rng": rng.bit_generator.state,  # holds 128-bit Python ints
+        "legacy_rng": legacy,
+        "nested": [{"cursor": np.int64(7), "order": np.arange(3, dtype=np.uint32)}],
+        "best": float("inf"),
+    }
+
+
+def test_round_trip_restores_arrays_and_generator_state(tmp_path):
+    path = tmp_path / "ck.pt"
+    state = _state()
+    save_checkpoint(path, state)
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert loaded["assignment"].dtype == np.int32 and (loaded["assignment"] == state["assignment"]).all()
+    assert loaded["nested"][0]["cursor"] == 7
+    assert loaded["nested"][0]["order"].dtype == np.uint32
+    restored = np.random.default_rng()
+    restored.bit_generator.state = loaded["rng"]
+    original = np.random.default_rng(3)
+    original.random()
+    assert restored.random() == original.random()
+    legacy = np.random.RandomState()
+    legacy.set_state(loaded["legacy_rng"])
+    assert legacy.randint(0, 999999) == np.random.RandomState(5).randint(0, 999999)
+
+
+def test_truncated_checkpoint_is_detected_with_the_file_name(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _state())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="last.pt"):
+        load_checkpoint(path)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_pickle_that_would_execute_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "dnc-checkpoint-v1", "x": _Exploit()}, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(path)
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps({"x": _Exploit()}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(raw)
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": 1})
+
+    def broken_save(obj, handle):
+        handle.write(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
