@@ -1,0 +1,100 @@
+"""Where a run lives and whether it starts, resumes or is already done (METHOD.md §3.1 step 1, §9.1)."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from experiment.config import Config
+from lib.checkpoint import load_checkpoint
+from lib.errors import CheckpointError, ConfigError
+from lib.runs import RunFolder, move_aside, read_epoch_records
+
+LOG_ROOT = Path("log")
+FALLBACK_HINT = " Pass --resume-fallback to continue from the newest good checkpoint, or --overwrite to start again."
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    run: RunFolder
+    resume_state: dict | None = None  # the checkpoint to continue from; None = start from scratch
+    resume_source: Path | None = None
+    finished_epochs: int | None = None  # set when nothing is left to train
+
+
+def run_folder_for(config: Config) -> Path:
+    return LOG_ROOT / config.log_dir / config.run_name()
+
+
+def last_completed_epoch(checkpoint: dict) -> int:
+    """An epoch-end checkpoint's epoch; a mid-epoch one counts as the epoch before."""
+    return int(checkpoint["epoch"]) - (1 if checkpoint.get("mid_epoch") else 0)
+
+
+def plan_run(config: Config, log=print) -> RunPlan:
+    """Apply the first matching rule of §3.1 step 1 (overwrite, create, finished, resume, error)."""
+    explicit = config.resume or config.checkpoint
+    if explicit:
+        target = Path(explicit)
+        if target.is_dir():
+            run, first = RunFolder(target), RunFolder(target).checkpoint_path("last")
+        else:
+            run = RunFolder(target.parent.parent if target.parent.name == "checkpoints" else target.parent)
+            first = target
+        return _resume_plan(run, first, config, log)
+    path = run_folder_for(config)
+    run = RunFolder(path)
+    if config.overwrite and path.exists():
+        log(f"--overwrite: moved the previous run folder to {move_aside(path)}")
+    if not path.exists():
+        return RunPlan(run)
+    if run.checkpoint_path("last").exists() or (config.resume_fallback and good_checkpoints(run)):
+        return _resume_plan(run, run.checkpoint_path("last"), config, log)
+    epochs = [record["epoch"] for record in read_epoch_records(path)[0]]
+    if epochs and max(epochs) >= config.nb_epochs - 1:
+        return RunPlan(run, finished_epochs=max(epochs) + 1)
+    raise ConfigError(
+        f"the run folder {path} exists but has no 'last' checkpoint to resume from (was it run with "
+        "--save-model 0, or killed before its first checkpoint?). Add --overwrite to move it aside and start again."
+    )
+
+
+def _resume_plan(run: RunFolder, first: Path, config: Config, log) -> RunPlan:
+    source, state = load_with_fallback(run, first, config, fallback=config.resume_fallback, log=log)
+    completed = last_completed_epoch(state)
+    if completed >= config.nb_epochs - 1:
+        return RunPlan(run, finished_epochs=completed + 1)
+    return RunPlan(run, state, source)
+
+
+def good_checkpoints(run: RunFolder) -> list[Path]:
+    """Candidates for --resume-fallback, newest first: last, periodic (newest epoch first), best."""
+    periodic = sorted(run.checkpoints.glob("ep*.pt"), reverse=True)
+    return [p for p in [run.checkpoint_path("last"), *periodic, run.checkpoint_path("best")] if p.exists()]
+
+
+def load_with_fallback(run: RunFolder, first: Path, config: Config, *, fallback: bool, log) -> tuple[Path, dict]:
+    """Load ``first``; with ``fallback`` skip damaged checkpoints and take the newest good one."""
+    candidates = [first] + ([p for p in good_checkpoints(run) if p != first] if fallback else [])
+    errors = []
+    for candidate in candidates:
+        try:
+            state = _load_matching(candidate, config)
+        except CheckpointError as error:
+            if not fallback:
+                raise
+            errors.append(str(error))
+            log(f"warning: {error}")
+            continue
+        if candidate != first:
+            log(f"--resume-fallback: resuming from {candidate}")
+        return candidate, state
+    raise CheckpointError(f"no readable checkpoint in {run.checkpoints}: {' | '.join(errors)}")
+
+
+def _load_matching(path: Path, config: Config) -> dict:
+    state = load_checkpoint(path, hint=FALLBACK_HINT)
+    if state.get("config_hash") != config.hash():
+        raise ConfigError(
+            f"{path} was written by a run with different settings (config hash {state.get('config_hash')}, "
+            f"this command's is {config.hash()}). Resume with the same flags, or start a new run."
+        )
+    return state

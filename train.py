@@ -1,0 +1,464 @@
+"""Train an embedding with divide-and-conquer deep metric learning (Sanakoyeu et al., TPAMI 2021).
+
+Usage:
+    python train.py --experiment margin_loss_resnet50 --preset quickstart        # CPU demo on built-in glyphs
+    python train.py --experiment margin_loss_resnet50 --dataset=sop -i=NAME -seed=4 --nb-clusters=32 ...
+    python train.py --preset sop -i NAME --dataset-dir DATA                      # the seed README's SOP recipe
+    torchrun --nproc_per_node 4 train.py --preset sop -i NAME --dataset-dir DATA
+
+The same command again resumes an unfinished run from its `last` checkpoint, or says that it is finished.
+Every flag is documented in experiment/margin_loss_resnet50.py and METHOD.md.
+"""
+
+import math
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+from dataset.loader import make_train_loader
+from experiment.build import AMP_DTYPES, Embedder, build_data, build_model, build_run_criterion, optim_settings
+from experiment.checkpointing import RunFlags, build_state, restore_rng_states, write_epoch_checkpoints
+from experiment.config import Config, parse_config, validate_against_dataset
+from experiment.divide import ClusterState, recluster_step, save_recluster_record
+from experiment.epoch import EpochProgress, StepSetup, train_one_epoch
+from experiment.protocol import nmi_enabled, run_evaluation
+from experiment.run_setup import plan_run
+from lib.checkpoint import save_checkpoint
+from lib.dist import DistContext, barrier, init_distributed, shutdown
+from lib.env import environment_report
+from lib.errors import UserFacingError
+from lib.faiss_backend import describe_faiss
+from lib.preemption import PreemptionFlag
+from lib.runs import RunFolder, epoch_tag, setup_logger
+from metriclearning.clustering import SeedStream
+from metriclearning.hierarchy import backbone_frozen, is_recluster_epoch, stop_recluster_due
+from metriclearning.optim import build_optimizer, remove_mask_group, scheduled_lr, set_epoch_lrs
+
+TRAINING_FIELDS = (
+    "lr",
+    "backbone_frozen",
+    "full_embedding",
+    "loss_metric",
+    "loss_mask",
+    "n_batches",
+    "n_skipped",
+    "train_s",
+)
+
+
+class Trainer:
+    """One run: holds the parts built from the config and walks through the epochs of METHOD.md §3."""
+
+    def __init__(self, config: Config, argv: list[str], dist: DistContext, device: torch.device):
+        self.config, self.dist, self.device = config, dist, device
+        plan = plan_run(config, log=print)
+        if plan.finished_epochs is not None:
+            print(
+                f"already trained for {plan.finished_epochs} epochs ({plan.run.path}); add --overwrite to train "
+                "again, or a larger --nb-epochs to continue."
+            )
+            raise SystemExit(0)
+        self.run: RunFolder = plan.run
+        self.resume_state = plan.resume_state
+        if dist.is_main:
+            self.run.create()
+        barrier(dist)
+        self.log = setup_logger(self.run.path / "log.txt" if dist.is_main else None, verbose=config.verbose)
+        self.preemption = PreemptionFlag().install()
+        self._seed_everything()
+        self.data = build_data(config)
+        for warning in (
+            *config.warnings,
+            *self.data.warnings,
+            *validate_against_dataset(config, self.data.train.n_classes, len(self.data.train)),
+        ):
+            self.log.warning(f"warning: {warning}")
+        self.train_labels = self.data.train.labels
+        n_masks = self.resume_state["clusters"]["k"] if self.resume_state else config.k_start
+        self.model = build_model(config, n_masks=n_masks, device=device)
+        self.criterion = build_run_criterion(config, self.data.train.n_classes, device)
+        self.settings = optim_settings(config)
+        self.optimizer = build_optimizer(self.model, self.settings, self.criterion.loss_parameter_group())
+        self.scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+        self.embed = Embedder(self.model, config, device, self.log)
+        self.clusters = ClusterState(k=config.k_start, seeds=SeedStream(config.clustering_random_state))
+        self.flags = RunFlags(recluster_active=config.nb_clusters > 1, stop_recluster_armed=config.stop_recluster)
+        self.selection_key = "val/R@1" if self.data.val is not None else "R@1"
+        if dist.is_main:
+            self._record_start(argv)
+
+    # ------------------------------------------------------------------ start-up
+    def _seed_everything(self) -> None:
+        seed = self.config.random_seed
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        torch.backends.cudnn.benchmark = False
+
+    def _record_start(self, argv: list[str]) -> None:
+        import os
+
+        config = self.config
+        derived = {
+            "run_name": config.run_name(),
+            "config_hash": config.hash(),
+            "k_final": config.nb_clusters,
+            "n_train_classes": self.data.train.n_classes,
+            "n_train_images": len(self.data.train),
+            "splits": {
+                name: {"images": len(s), "classes": s.n_classes} for name, s in self.data.dataset.splits.items()
+            },
+            "val_classes": list(self.data.val.class_names) if self.data.val is not None else None,
+            "base_lrs": {group["name"]: group["base_lr"] for group in self.optimizer.param_groups},
+            "dataset_info": self.data.dataset.info,
+        }
+        self.run.write_json("config.json", {**config.to_dict(), "derived": derived})
+        self.run.write_json(
+            "command.json",
+            {
+                "argv": argv,
+                "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "world_size": self.dist.world_size,
+            },
+        )
+        self.run.write_json("env.json", environment_report())
+        self.run.set_status("running", nb_epochs=config.nb_epochs, started=True)
+        self.log.info(f"run folder: {self.run.path}")
+        self.log.info(f"device: {self.device}; {describe_faiss()}; backend {config.backend}")
+        self.log.info(f"train: {len(self.data.train)} images of {self.data.train.n_classes} classes")
+
+    # ------------------------------------------------------------------ the story of a run
+    def fit(self) -> None:
+        if self.resume_state is None:
+            self._initial_evaluation_and_clustering()
+            start_epoch, progress = 0, None
+        else:
+            start_epoch, progress = self._restore(self.resume_state)
+            self.resume_state = None
+        for epoch in range(start_epoch, self.config.nb_epochs):
+            record = self._run_epoch(epoch, progress)
+            progress = None
+            if record is None:  # preempted mid-epoch: `last` is written, exit 0
+                return
+            if self.preemption.requested:
+                self._stop_interrupted(epoch)
+                return
+        if self.dist.is_main:
+            self.run.set_status("finished", last_epoch=self.config.nb_epochs - 1)
+            self.log.info(
+                f"finished: best {self.selection_key} {self.flags.best_value} at epoch {self.flags.best_epoch}"
+            )
+
+    def _initial_evaluation_and_clustering(self) -> None:
+        """Epoch -1: evaluate the untrained model and cluster with the starting K (METHOD.md §3.1 steps 7-8)."""
+        started = time.perf_counter()
+        metrics = self._evaluate()
+        eval_s = time.perf_counter() - started
+        self.log.info(f"untrained model: {self._format_metrics(metrics)}")
+        result = self._recluster(-1)
+        record = {
+            "epoch": -1,
+            "K": self.clusters.k,
+            **dict.fromkeys(TRAINING_FIELDS),
+            "eval_s": eval_s,
+            "best_epoch": None,
+            "best_value": None,
+            **metrics,
+        }
+        self._save_epoch_end(-1, record, improved=False)
+        del result
+
+    def _run_epoch(self, epoch: int, progress: EpochProgress | None) -> dict | None:
+        config, flags = self.config, self.flags
+        recluster_s = 0.0
+        if progress is None:
+            recluster_now = False
+            if flags.stop_recluster_armed and stop_recluster_due(
+                epoch,
+                k=self.clusters.k,
+                k_final=config.nb_clusters,
+                method=config.hierarchy_method,
+                mod_epoch_freeze=config.mod_epoch_freeze,
+            ):
+                flags.stop_recluster_armed = False
+                recluster_now = epoch == 0 and flags.recluster_active
+                flags.recluster_active = False
+                self.log.info(f"epoch {epoch}: --stop-recluster: reclustering and freezing stop")
+            if not flags.full_embedding and epoch >= config.force_full_embedding_epoch:
+                self._enter_full_embedding(epoch)
+            if recluster_now or is_recluster_epoch(epoch, config.mod_epoch, flags.recluster_active):
+                started = time.perf_counter()
+                self._recluster(epoch)
+                recluster_s = time.perf_counter() - started
+            progress = EpochProgress()
+        lrs = self._set_lrs(epoch)
+        plan = self.clusters.planner.plan_epoch(epoch)
+        progress.train_s += recluster_s
+        loader = make_train_loader(
+            self.data.train_set,
+            plan,
+            seed=config.random_seed,
+            epoch=epoch,
+            start_batch=progress.next_batch,
+            num_workers=config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        progress = train_one_epoch(
+            epoch,
+            plan=plan,
+            loader=loader,
+            train_labels=self.train_labels,
+            setup=self._step_setup(),
+            full_embedding=flags.full_embedding,
+            progress=progress,
+            stop_requested=lambda: self.preemption.requested,
+            lrs=lrs,
+            show_progress=self.dist.is_main and sys.stderr.isatty(),
+        )
+        if progress.next_batch < len(plan):
+            self._save_mid_epoch(epoch, progress)
+            return None
+        started = time.perf_counter()
+        metrics = self._evaluate()
+        eval_s = time.perf_counter() - started
+        improved = self._update_best(epoch, metrics)
+        trained = max(progress.n_trained, 1)
+        record = {
+            "epoch": epoch,
+            "K": self.clusters.k,
+            "lr": lrs,
+            "backbone_frozen": self._backbone_frozen(epoch),
+            "full_embedding": flags.full_embedding,
+            "loss_metric": progress.loss_metric_sum / trained if progress.n_trained else None,
+            "loss_mask": progress.loss_mask_sum / trained if progress.n_trained else None,
+            "n_batches": len(plan),
+            "n_skipped": progress.n_skipped,
+            "train_s": progress.train_s,
+            "eval_s": eval_s,
+            "best_epoch": flags.best_epoch,
+            "best_value": flags.best_value,
+            **metrics,
+        }
+        self._save_epoch_end(epoch, record, improved=improved)
+        self._log_epoch(record)
+        return record
+
+    # ------------------------------------------------------------------ pieces of an epoch
+    def _recluster(self, epoch: int):
+        mode = "penultimate" if self.config.penultimate_for_clusters else "embedding"
+        features = self.embed(self.data.train, mode=mode, dataset=self.data.feature_set)
+        mask_lr = scheduled_lr(self.config.base_lr * self.config.mask_lr_mult, max(epoch, 0), self.settings)
+        result = recluster_step(
+            epoch,
+            state=self.clusters,
+            features=features,
+            train_labels=self.train_labels,
+            config=self.config,
+            model=self.model,
+            optimizer=self.optimizer,
+            mask_lr=mask_lr,
+            faiss_device=self.device.index if self.config.backend == "faiss-gpu" else None,
+            logger=self.log,
+        )
+        if self.dist.is_main:
+            if self.run.recluster_path(epoch).exists():  # a resumed run redoes this recluster
+                from lib.runs import move_aside
+
+                move_aside(self.run.recluster_path(epoch))
+            save_recluster_record(self.run, epoch, result, self.train_labels, self.model.masks.stacked())
+        if self.config.verbose:
+            self.log.info(f"masks: {self.model.masks.summary()}")
+        return result
+
+    def _enter_full_embedding(self, epoch: int) -> None:
+        """The conquer stage: masks frozen and out of the optimizer; the regulariser is only recorded."""
+        self.flags.full_embedding = True
+        self.model.masks.freeze()
+        remove_mask_group(self.optimizer)
+        self.log.info(f"epoch {epoch}: conquer stage: training the full embedding; masks frozen")
+
+    def _backbone_frozen(self, epoch: int) -> bool:
+        config = self.config
+        return backbone_frozen(
+            epoch,
+            mod_epoch=config.mod_epoch,
+            mod_epoch_freeze=config.mod_epoch_freeze,
+            active=self.flags.recluster_active,
+        )
+
+    def _set_lrs(self, epoch: int) -> dict:
+        masks_frozen = self.config.masks_freeze_one_cluster and self.clusters.k == 1
+        return set_epoch_lrs(
+            self.optimizer,
+            epoch,
+            self.settings,
+            backbone_frozen=self._backbone_frozen(epoch),
+            masks_frozen=masks_frozen,
+        )
+
+    def _step_setup(self) -> StepSetup:
+        config = self.config
+        return StepSetup(
+            model=self.model,
+            masks=self.model.masks,
+            criterion=self.criterion,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            device=self.device,
+            amp_dtype=AMP_DTYPES[config.amp],
+            channels_last=config.channels_last,
+            masking_lambda=config.masking_lambda,
+            with_l1=config.with_l1,
+            seed=config.random_seed,
+            dist=self.dist,
+        )
+
+    def _evaluate(self) -> dict:
+        tasks = self.data.eval_tasks
+        return run_evaluation(
+            tasks,
+            lambda split: self.embed(split),
+            dataset_name=self.config.dataset,
+            with_nmi=nmi_enabled(self.config.train_nmi, tasks[0]),
+            nmi_runs=1,
+            backend=self.config.backend,
+            device=self.device,
+        )
+
+    def _update_best(self, epoch: int, metrics: dict) -> bool:
+        value = metrics.get(self.selection_key)
+        if value is None or not math.isfinite(value):
+            return False
+        if self.flags.best_value is None or value > self.flags.best_value:
+            self.flags.best_epoch, self.flags.best_value = epoch, float(value)
+            self.log.info(f"epoch {epoch}: new best {self.selection_key} = {value:.4f}")
+            return True
+        return False
+
+    # ------------------------------------------------------------------ records and checkpoints
+    def _state(self, epoch: int, record: dict | None, mid_epoch: dict | None = None) -> dict:
+        return build_state(
+            config_hash=self.config.hash(),
+            epoch=epoch,
+            model=self.model,
+            optimizer=self.optimizer,
+            criterion=self.criterion,
+            scaler=self.scaler,
+            cluster_state=self.clusters,
+            flags=self.flags,
+            record=record,
+            mid_epoch=mid_epoch,
+        )
+
+    def _save_epoch_end(self, epoch: int, record: dict, *, improved: bool) -> None:
+        """Order matters for crash safety: checkpoint, then the record line, then the status (§9.3)."""
+        if not self.dist.is_main:
+            return
+        write_epoch_checkpoints(
+            self.run, self._state(epoch, record), epoch=epoch, save_model=self.config.save_model, improved=improved
+        )
+        self.run.append_epoch(record)
+        if self.config.save_masks:
+            self.run.masks_dir.mkdir(exist_ok=True)
+            np.save(
+                self.run.masks_dir / f"e{epoch_tag(epoch)}.npy",
+                self.model.masks.stacked().detach().float().cpu().numpy().astype(np.float16),
+            )
+        self.run.set_status("running", last_epoch=epoch)
+
+    def _save_mid_epoch(self, epoch: int, progress: EpochProgress) -> None:
+        if self.dist.is_main and self.config.save_model > 0:
+            mid = {"progress": progress.state_dict(), "planner": self.clusters.planner.epoch_start_state_dict()}
+            save_checkpoint(self.run.checkpoint_path("last"), self._state(epoch, None, mid_epoch=mid))
+        self._stop_interrupted(epoch - 1, at=f"epoch {epoch}, batch {progress.next_batch}")
+
+    def _stop_interrupted(self, last_epoch: int, at: str | None = None) -> None:
+        where = at or f"the end of epoch {last_epoch}"
+        self.log.info(f"{self.preemption.signal_name}: stopped at {where}; run the same command again to resume")
+        if self.dist.is_main:
+            self.run.set_status("interrupted", message=f"received {self.preemption.signal_name}", last_epoch=last_epoch)
+
+    def _restore(self, state: dict) -> tuple[int, EpochProgress | None]:
+        """Continue exactly where the checkpoint stopped (METHOD.md §9.3)."""
+        self.model.load_state_dict(state["model"])
+        self.flags.load_state_dict(state["flags"])
+        if self.flags.full_embedding:
+            self.model.masks.freeze()
+            remove_mask_group(self.optimizer)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.criterion.load_state_dict(state["criterion"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        mid = state.get("mid_epoch")
+        self.clusters.load_state_dict(
+            state["clusters"],
+            config=self.config,
+            train_labels=self.train_labels,
+            planner_state=mid["planner"] if mid else None,
+        )
+        restore_rng_states(state["rng"])
+        epoch = int(state["epoch"])
+        last_completed = epoch - 1 if mid else epoch
+        if self.dist.is_main:
+            moved = self.run.reconcile_records(last_completed, None if mid else state["record"])
+            for path in moved:
+                self.log.info(f"moved aside records beyond the checkpoint: {path}")
+            self.run.set_status("running", nb_epochs=self.config.nb_epochs, last_epoch=last_completed)
+        if mid:
+            self.log.info(f"resuming epoch {epoch} at batch {mid['progress']['next_batch']}")
+            return epoch, EpochProgress.from_state(mid["progress"])
+        self.log.info(f"resuming after epoch {epoch}")
+        return epoch + 1, None
+
+    # ------------------------------------------------------------------ logging
+    def _format_metrics(self, metrics: dict) -> str:
+        shown = [key for key in metrics if key.startswith(("R@", "val/R@")) or key in ("NMI", "MAP@R", "mARP")]
+        return ", ".join(f"{key} {100 * metrics[key]:.2f}" for key in shown if metrics[key] is not None)
+
+    def _log_epoch(self, record: dict) -> None:
+        losses = f"loss {record['loss_metric']:.4f}" if record["loss_metric"] is not None else "no trained batch"
+        self.log.info(
+            f"epoch {record['epoch']}: K={record['K']} {losses} (mask {record['loss_mask'] or 0:.4f}), "
+            f"{record['n_batches']} batches ({record['n_skipped']} skipped), "
+            f"train {record['train_s']:.1f}s, eval {record['eval_s']:.1f}s | {self._format_metrics(record)}"
+        )
+        summary = self.model.masks.summary()
+        active = ", ".join(f"{item['active_dims']:.0f}" for item in summary)
+        self.log.info(f"epoch {record['epoch']}: mask active dims [{active}]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trainer = None
+    try:
+        config = parse_config(argv)
+        dist, device = init_distributed(config.cuda_device)
+        trainer = Trainer(config, argv, dist, device)
+        trainer.fit()
+    except UserFacingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        if trainer is not None and trainer.dist.is_main:
+            trainer.run.set_status("failed", message=str(error))
+        return 2
+    except KeyboardInterrupt:
+        if trainer is not None and trainer.dist.is_main:
+            trainer.run.set_status("interrupted", message="KeyboardInterrupt")
+        return 130
+    except BaseException as error:
+        if trainer is not None and trainer.dist.is_main and not isinstance(error, SystemExit):
+            trainer.run.set_status("failed", message=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        if trainer is not None:
+            trainer.preemption.uninstall()
+            shutdown(trainer.dist)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
