@@ -21,7 +21,7 @@ import torch
 from dataset.loader import make_train_loader
 from experiment.build import AMP_DTYPES, Embedder, build_data, build_model, build_run_criterion, optim_settings
 from experiment.checkpointing import RunFlags, build_state, restore_rng_states, write_epoch_checkpoints
-from experiment.config import Config, parse_config, validate_against_dataset
+from experiment.config import Config, parse_config
 from experiment.divide import ClusterState, recluster_step, save_recluster_record
 from experiment.epoch import EpochProgress, StepSetup, train_one_epoch
 from experiment.protocol import nmi_enabled, run_evaluation
@@ -70,11 +70,7 @@ class Trainer:
         self.preemption = PreemptionFlag().install()
         self._seed_everything()
         self.data = build_data(config)
-        for warning in (
-            *config.warnings,
-            *self.data.warnings,
-            *validate_against_dataset(config, self.data.train.n_classes, len(self.data.train)),
-        ):
+        for warning in (*config.warnings, *self.data.warnings):
             self.log.warning(f"warning: {warning}")
         self.train_labels = self.data.train.labels
         n_masks = self.resume_state["clusters"]["k"] if self.resume_state else config.k_start

@@ -5,14 +5,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from dataset.transforms import build_eval_transform, build_train_transform
 
 from dataset.base import ImageDataset, LoadedDataset, Split
 from dataset.loader import make_eval_loader
 from dataset.registry import load_dataset
-from dataset.subsets import carve_validation, check_training_split
+from dataset.subsets import carve_validation
+from dataset.transforms import build_eval_transform, build_train_transform
 from experiment.config import Config
 from experiment.protocol import EvalTask, evaluation_tasks
+from experiment.validation import validate_against_dataset
 from lib.seeding import torch_generator
 from metriclearning.criteria import build_criterion
 from metriclearning.features import extract_features
@@ -46,7 +47,7 @@ def build_data(config: Config, *, all_vid_lists: bool = False) -> RunData:
     train, val = dataset.splits["train"], None
     if config.val_ratio > 0:
         train, val = carve_validation(train, config.val_ratio, config.random_seed)
-    warnings = list(dataset.warnings) + check_training_split(train, config.batch_size, config.nb_clusters)
+    warnings = list(dataset.warnings) + validate_against_dataset(config, train.n_classes_present, len(train))
     eval_transform = build_eval_transform(config.sz_resize, config.sz_crop)
     train_transform = build_train_transform(config.album, config.sz_resize, config.sz_crop, config.dataset)
     return RunData(
