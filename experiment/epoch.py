@@ -61,9 +61,10 @@ class StepSetup:
 class _DeviceSums:
     """Device-side accumulators: no host synchronisation until ``flush``."""
 
-    def __init__(self, device: torch.device):
-        self.metric = torch.zeros((), device=device)
-        self.mask = torch.zeros((), device=device)
+    def __init__(self, device: torch.device, metric: float, mask: float):
+        # float64 and seeded with the saved partial sums: a resumed epoch adds the same numbers in the same order.
+        self.metric = torch.tensor(metric, dtype=torch.float64, device=device)
+        self.mask = torch.tensor(mask, dtype=torch.float64, device=device)
         self.bad_batch = torch.full((), -1, dtype=torch.long, device=device)
         self.bad_learner = torch.full((), -1, dtype=torch.long, device=device)
 
@@ -94,7 +95,7 @@ def train_one_epoch(
     show_progress: bool = True,
 ) -> EpochProgress:
     """Train on ``plan[progress.next_batch:]``; returns early (with ``next_batch``) if a stop is requested."""
-    sums = _DeviceSums(setup.device)
+    sums = _DeviceSums(setup.device, progress.loss_metric_sum, progress.loss_mask_sum)
     model, criterion = setup.model, setup.criterion
     model.train()
     started = time.perf_counter()
@@ -132,8 +133,8 @@ def train_one_epoch(
     finally:
         bar.close()
     _check_finite(sums, epoch, lrs)
-    progress.loss_metric_sum += float(sums.metric)
-    progress.loss_mask_sum += float(sums.mask)
+    progress.loss_metric_sum = float(sums.metric)
+    progress.loss_mask_sum = float(sums.mask)
     progress.train_s += time.perf_counter() - started
     return progress
 

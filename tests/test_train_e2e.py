@@ -1,0 +1,171 @@
+"""End-to-end CPU runs of train.py on tiny data: run folder contents, schedule, resume, finished runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from lib.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A tiny glyphs problem: 12 classes (6 train, 6 eval) x 16 faces x 1 render at 32 px, resnet18 from scratch.
+GLYPHS = [
+    "--experiment", "margin_loss_resnet50", "--dataset", "glyphs", "--glyphs-classes", "12", "--glyphs-renders", "1",
+    "--sz-resize", "32", "--sz-crop", "32", "--arch", "resnet18", "--pretrained", "0", "--sz-embedding", "16",
+    "--batch-size", "16", "--num-samples-per-class", "4", "--num-workers", "0", "--base-lr", "1e-3",
+    "--sampler", "distanceweighted", "--backend", "faiss", "-i", "t",
+]  # fmt: skip
+
+
+def run_folders(cwd: Path) -> list[Path]:
+    return sorted(p for p in (cwd / "log").glob("*/*") if p.is_dir())
+
+
+def epochs_of(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
+
+
+def run_main(args: list[str], cwd: Path, monkeypatch) -> int:
+    monkeypatch.chdir(cwd)
+    return train.main(args)
+
+
+def test_top_down_run_splits_each_epoch_and_records_everything(tmp_path, monkeypatch):
+    args = GLYPHS + ["--nb-epochs", "3", "--nb-clusters", "3", "--mod-epoch", "1", "--force-full-embedding-epoch", "2",
+                     "--mask-lr-mult", "10", "--masking-lambda", "0.1"]  # fmt: skip
+    assert run_main(args, tmp_path, monkeypatch) == 0
+    [run] = run_folders(tmp_path)
+    assert run.name.startswith("glyphs-t-e16-K3-s1-")
+    for name in ("config.json", "command.json", "env.json", "log.txt", "status.json", "epochs.jsonl"):
+        assert (run / name).is_file(), name
+    records = epochs_of(run)
+    assert [r["epoch"] for r in records] == [-1, 0, 1, 2]
+    assert [r["K"] for r in records] == [1, 1, 2, 3]
+    assert [r["full_embedding"] for r in records[1:]] == [False, False, True]
+    assert records[0]["lr"] is None and records[0]["best_epoch"] is None
+    for record in records:
+        for key in ("R@1", "R@2", "R@4", "R@8", "NMI", "MAP@R", "mARP", "n_queries", "n_queries_R0"):
+            assert key in record, key
+        assert 0.0 <= record["R@1"] <= 1.0
+    assert set(records[1]["lr"]) == {"backbone", "embedding", "masks"}
+    assert set(records[3]["lr"]) == {"backbone", "embedding"}  # the mask group leaves at the conquer switch
+    best = max(records[1:], key=lambda r: r["R@1"])
+    assert records[-1]["best_epoch"] == next(r["epoch"] for r in records[1:] if r["R@1"] == best["R@1"])
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["last_epoch"] == 2
+    names = sorted(p.name for p in (run / "recluster").iterdir())
+    assert names == ["e-001.npz", "e0000.npz", "e0001.npz", "e0002.npz"]
+    with np.load(run / "recluster" / "e0002.npz", allow_pickle=False) as arrays:
+        assert arrays["masks"].shape == (3, 16) and arrays["masks"].dtype == np.float16
+        assert arrays["split"].tolist().count(True) == 1  # partial last level: 2 -> 3
+        assert arrays["assignment"].dtype == np.int32 and arrays["assignment"].max() <= 2
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["epoch"] == 2 and last["clusters"]["k"] == 3
+    assert (run / "checkpoints" / "best.pt").is_file()
+
+
+def test_finished_run_is_not_retrained_and_overwrite_moves_it_aside(tmp_path, monkeypatch, capsys):
+    args = GLYPHS + ["--nb-epochs", "1"]
+    assert run_main(args, tmp_path, monkeypatch) == 0
+    [run] = run_folders(tmp_path)
+    before = (run / "epochs.jsonl").read_text()
+    with pytest.raises(SystemExit) as stop:
+        run_main(args, tmp_path, monkeypatch)
+    assert stop.value.code == 0
+    assert "already trained for 1 epochs" in capsys.readouterr().out
+    assert (run / "epochs.jsonl").read_text() == before
+    assert run_main(args + ["--overwrite"], tmp_path, monkeypatch) == 0
+    assert len(list(run.parent.glob(run.name + ".moved-*"))) == 1
+
+
+def test_larger_nb_epochs_extends_a_finished_run(tmp_path, monkeypatch):
+    assert run_main(GLYPHS + ["--nb-epochs", "1"], tmp_path, monkeypatch) == 0
+    assert run_main(GLYPHS + ["--nb-epochs", "2"], tmp_path, monkeypatch) == 0
+    [run] = run_folders(tmp_path)
+    assert [r["epoch"] for r in epochs_of(run)] == [-1, 0, 1]
+
+
+def test_existing_folder_without_checkpoint_asks_for_overwrite(tmp_path, monkeypatch, capsys):
+    args = GLYPHS + ["--nb-epochs", "1", "--save-model", "0"]
+    assert run_main(args, tmp_path, monkeypatch) == 0
+    assert run_main(args + ["--nb-epochs", "2"], tmp_path, monkeypatch) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def _strip_timings(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("train_s", "eval_s")} for r in records]
+
+
+def _subprocess_run(cwd: Path, args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _wait_for_epoch(run_parent: Path, epoch: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for jsonl in run_parent.glob("log/*/*/epochs.jsonl"):
+            if any(json.loads(line)["epoch"] >= epoch for line in jsonl.read_text().splitlines() if line.strip()):
+                return
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early: {process.stderr.read()}")
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for an epoch record")
+
+
+def _final_state(cwd: Path) -> tuple[list[dict], dict]:
+    [run] = run_folders(cwd)
+    return _strip_timings(epochs_of(run)), load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+
+
+RESUME_ARGS = GLYPHS + ["--nb-epochs", "4", "--nb-clusters", "2", "--mod-epoch", "2", "--mod-epoch-freeze", "1",
+                        "--force-full-embedding-epoch", "3", "--mask-lr-mult", "10"]  # fmt: skip
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    reference.mkdir(), killed.mkdir()
+    assert _subprocess_run(reference, RESUME_ARGS).wait(timeout=600) == 0
+    process = _subprocess_run(killed, RESUME_ARGS)
+    _wait_for_epoch(killed, 1, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = _subprocess_run(killed, RESUME_ARGS)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    expected_records, expected_model = _final_state(reference)
+    records, model = _final_state(killed)
+    assert records == expected_records
+    assert expected_model.keys() == model.keys()
+    for key in model:
+        assert torch.equal(model[key], expected_model[key]), key
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tmp_path):
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    reference.mkdir(), stopped.mkdir()
+    assert _subprocess_run(reference, RESUME_ARGS).wait(timeout=600) == 0
+    process = _subprocess_run(stopped, RESUME_ARGS)
+    _wait_for_epoch(stopped, 0, process)
+    time.sleep(1.0)  # inside epoch 1
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    [run] = run_folders(stopped)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and "SIGTERM" in status["message"]
+    resumed = _subprocess_run(stopped, RESUME_ARGS)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    expected_records, expected_model = _final_state(reference)
+    records, model = _final_state(stopped)
+    assert records == expected_records
+    for key in model:
+        assert torch.equal(model[key], expected_model[key]), key
