@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from dataset.loader import make_train_loader
 from experiment.build import AMP_DTYPES, Embedder, build_data, build_model, build_run_criterion, optim_settings
@@ -27,7 +28,7 @@ from experiment.epoch import EpochProgress, StepSetup, train_one_epoch
 from experiment.protocol import nmi_enabled, run_evaluation
 from experiment.run_setup import plan_run
 from lib.checkpoint import save_checkpoint
-from lib.dist import DistContext, barrier, init_distributed, shutdown
+from lib.dist import DistContext, any_rank, barrier, broadcast_object, init_distributed, shutdown
 from lib.env import environment_report
 from lib.errors import UserFacingError
 from lib.faiss_backend import describe_faiss
@@ -79,7 +80,8 @@ class Trainer:
         self.settings = optim_settings(config)
         self.optimizer = build_optimizer(self.model, self.settings, self.criterion.loss_parameter_group())
         self.scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
-        self.embed = Embedder(self.model, config, device, self.log)
+        self.embed = Embedder(self.model, config, device, dist)
+        self.train_model = self._wrap_model()
         self.clusters = ClusterState(k=config.k_start, seeds=SeedStream(config.clustering_random_state))
         self.flags = RunFlags(recluster_active=config.nb_clusters > 1, stop_recluster_armed=config.stop_recluster)
         self.selection_key = "val/R@1" if self.data.val is not None else "R@1"
@@ -139,7 +141,7 @@ class Trainer:
             progress = None
             if record is None:  # preempted mid-epoch: `last` is written, exit 0
                 return
-            if self.preemption.requested:
+            if self._stop_requested():
                 self._stop_interrupted(epoch)
                 return
         if self.dist.is_main:
@@ -212,7 +214,7 @@ class Trainer:
             setup=self._step_setup(),
             full_embedding=flags.full_embedding,
             progress=progress,
-            stop_requested=lambda: self.preemption.requested,
+            stop_requested=self._stop_requested,
             lrs=lrs,
             show_progress=self.dist.is_main and sys.stderr.isatty(),
         )
@@ -260,7 +262,9 @@ class Trainer:
             mask_lr=mask_lr,
             faiss_device=self.device.index if self.config.backend == "faiss-gpu" else None,
             logger=self.log,
+            dist=self.dist,
         )
+        self.train_model = self._wrap_model()  # a split replaced mask parameters
         if self.dist.is_main:
             if self.run.recluster_path(epoch).exists():  # a resumed run redoes this recluster
                 from lib.runs import move_aside
@@ -276,6 +280,7 @@ class Trainer:
         self.flags.full_embedding = True
         self.model.masks.freeze()
         remove_mask_group(self.optimizer)
+        self.train_model = self._wrap_model()
         self.log.info(f"epoch {epoch}: conquer stage: training the full embedding; masks frozen")
 
     def _backbone_frozen(self, epoch: int) -> bool:
@@ -300,7 +305,7 @@ class Trainer:
     def _step_setup(self) -> StepSetup:
         config = self.config
         return StepSetup(
-            model=self.model,
+            model=self.train_model,
             masks=self.model.masks,
             criterion=self.criterion,
             optimizer=self.optimizer,
@@ -315,8 +320,9 @@ class Trainer:
         )
 
     def _evaluate(self) -> dict:
+        """Every rank embeds its shard; rank 0 computes the metrics and shares them."""
         tasks = self.data.eval_tasks
-        return run_evaluation(
+        metrics = run_evaluation(
             tasks,
             lambda split: self.embed(split),
             dataset_name=self.config.dataset,
@@ -324,7 +330,21 @@ class Trainer:
             nmi_runs=1,
             backend=self.config.backend,
             device=self.device,
+            compute=self.dist.is_main,
         )
+        return broadcast_object(metrics, self.dist)
+
+    def _wrap_model(self) -> torch.nn.Module:
+        """Under torchrun, DDP over the current parameters (re-wrapped whenever masks change)."""
+        if not self.dist.distributed:
+            return self.model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(
+            self.model, device_ids=device_ids, find_unused_parameters=True, broadcast_buffers=False
+        )
+
+    def _stop_requested(self) -> bool:
+        return any_rank(self.preemption.requested, self.dist)
 
     def _update_best(self, epoch: int, metrics: dict) -> bool:
         value = metrics.get(self.selection_key)
@@ -398,6 +418,7 @@ class Trainer:
             planner_state=mid["planner"] if mid else None,
         )
         restore_rng_states(state["rng"])
+        self.train_model = self._wrap_model()
         epoch = int(state["epoch"])
         last_completed = epoch - 1 if mid else epoch
         if self.dist.is_main:

@@ -5,6 +5,7 @@ views of the parsed splits, never re-reads of the annotation files.
 """
 
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,8 @@ from lib.errors import DatasetError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 MAX_LISTED_FILES = 5
+INTEGER = re.compile(r"(-?)0*([0-9]{1,19})")  # ASCII digits only: int() also takes "²" (and fails) or "١"
+INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,7 +127,12 @@ class LoadedDataset:
 
 
 def load_rgb(image) -> np.ndarray:
-    """An H×W×3 uint8 RGB array from a file path (decoded with OpenCV) or an in-memory image."""
+    """An H×W×3 uint8 RGB array from a file path or an in-memory image.
+
+    ``cv2.imread`` crashes the whole process (segmentation fault) on a file name that is not valid UTF-8, so
+    such a file is read by Python and given to ``cv2.imdecode`` instead (which, unlike ``imread``, rejects
+    truncated JPEGs).
+    """
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.size == 0 or image.ndim not in (2, 3):
             raise DatasetError(f"in-memory image of dtype {image.dtype} and shape {image.shape}: need uint8 HxW(x3)")
@@ -136,10 +144,12 @@ def load_rgb(image) -> np.ndarray:
             raise DatasetError(f"in-memory image of shape {image.shape}: need 1 or 3 channels")
         return image
     path = str(image)
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR) if _is_utf8(path) else _imdecode_file(path)
     if bgr is None or bgr.size == 0:
         reason = "the file does not exist" if not os.path.exists(path) else "OpenCV cannot decode it"
-        raise DatasetError(f"cannot read image {path}: {reason}. Replace or remove the file, then run again.")
+        raise DatasetError(
+            f"cannot read image {printable(path)}: {reason}. Replace or remove the file, then run again."
+        )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -164,14 +174,42 @@ class ImageDataset(torch.utils.data.Dataset):
         return tensor, int(self.split.labels[index]), index
 
 
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _imdecode_file(path: str) -> np.ndarray | None:
+    try:
+        with open(path, "rb") as handle:
+            data = np.frombuffer(handle.read(), dtype=np.uint8)
+    except OSError:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+
+
 def is_image_file(name: str) -> bool:
     """A visible file with an image extension: skips ``.DS_Store``, ``._x.jpg`` (macOS) and notes."""
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def printable(path: str) -> str:
+    """The path with the bytes of a non-UTF-8 file name shown as ``\\xNN``.
+
+    Such names reach Python as lone surrogates, which a UTF-8 stdout or log file refuses to encode.
+    """
+    try:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no file-name byte
+        return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def list_files(paths: Sequence[str]) -> str:
     """At most a few paths, and how many there are in all, for an error message."""
-    shown = ", ".join(str(p) for p in paths[:MAX_LISTED_FILES])
+    shown = ", ".join(printable(str(p)) for p in paths[:MAX_LISTED_FILES])
     more = f" and {len(paths) - MAX_LISTED_FILES} more" if len(paths) > MAX_LISTED_FILES else ""
     return f"{shown}{more}"
 
@@ -253,16 +291,46 @@ def require_path(path: str, what: str, dataset: str, layout: str, is_dir: bool) 
 
 def line_error(path: str, line_no: int, line: str, expected: str) -> DatasetError:
     """The error for an annotation line that does not parse, naming the file and 1-based line number."""
+    quoted = line.rstrip()
+    if len(quoted) > 200:
+        quoted = quoted[:200] + "…"
     return DatasetError(
-        f"{path}, line {line_no}: cannot parse {line.rstrip()!r}; expected {expected}. "
+        f"{path}, line {line_no}: cannot parse {quoted!r}; expected {expected}. "
         "The file may be truncated or edited: restore the original from the dataset archive."
     )
 
 
 def read_lines(path: str) -> list[str]:
-    """The lines of a text annotation file, with a DatasetError (not a UnicodeDecodeError) if it is binary."""
+    """The lines of a text annotation file, with a DatasetError naming the line if the file is not UTF-8 text.
+
+    Lines end at ``\\n``, ``\\r\\n`` or ``\\r`` only: ``str.splitlines`` also splits at form feeds and other
+    separators, which would make the line numbers in error messages disagree with every text editor.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().splitlines()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise DatasetError(f"{path} is not a UTF-8 text file ({error}). Restore it from the dataset archive.") from None
+        line_no = _universal_newlines(data[: error.start].decode("utf-8")).count("\n") + 1
+        raise DatasetError(
+            f"{path}, line {line_no}: not UTF-8 text ({error.reason} at byte {error.start}). "
+            "Restore the file from the dataset archive."
+        ) from None
+    lines = _universal_newlines(text).split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+def _universal_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def parse_int(text: str) -> int | None:
+    """An annotation integer (ASCII digits, optional minus) that fits in int64, or None.
+
+    ``int()`` alone would accept other Unicode digits, fail on "²", and refuse strings of over 4300 digits
+    with a ValueError; numpy would overflow later on values beyond int64.
+    """
+    match = INTEGER.fullmatch(text)
+    if match is None or int(match.group(2)) > INT64_MAX:
+        return None
+    return -int(match.group(2)) if match.group(1) else int(match.group(2))

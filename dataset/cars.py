@@ -43,15 +43,45 @@ def read_annotations(mat_path: str) -> tuple[list[str], list[int], dict[int, str
     for number, record in enumerate(records, start=1):
         path, cls = record["relative_im_path"], record["class"]
         try:
-            paths.append(str(np.asarray(path).reshape(-1)[0]))
-            classes.append(int(np.asarray(cls).reshape(-1)[0]))
-        except (IndexError, TypeError, ValueError):
+            paths.append(_as_path(path))
+            classes.append(_as_class(cls))
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite class
             raise DatasetError(
                 f"cars: {mat_path}, annotation record {number}: cannot read relative_im_path {path!r} and class "
                 f"{cls!r}. Restore the file from the Cars196 archive."
             ) from None
     names = np.atleast_1d(mat.get("class_names", np.array([], dtype=object))).reshape(-1)
     return paths, classes, {k + 1: str(name) for k, name in enumerate(names)}
+
+
+def _single(value):
+    """The one element of a MATLAB scalar or 1-element array; a ValueError for an empty or larger array."""
+    values = np.asarray(value).reshape(-1)
+    if values.size != 1:
+        raise ValueError(f"{values.size} values where one is expected")
+    return values[0]
+
+
+def _as_path(value) -> str:
+    """The image path of one record; a TypeError unless it is text (a number would pass as a missing image)."""
+    path = _single(value)
+    if not isinstance(path, str):
+        raise TypeError(f"relative_im_path of type {type(path).__name__}")
+    return path
+
+
+def _as_class(value) -> int:
+    """The class of one record: a whole real number within int64 (MATLAB stores uint8 or double).
+
+    Complex, fractional and text classes would otherwise be truncated or converted silently, and values beyond
+    int64 would overflow in numpy later.
+    """
+    number = _single(value)
+    if not isinstance(number, int | float | np.integer | np.floating):
+        raise TypeError(f"class of type {type(number).__name__}")
+    if number != int(number) or abs(int(number)) > np.iinfo(np.int64).max:
+        raise ValueError(f"class {number} is not a whole number within int64")
+    return int(number)
 
 
 def load_cars(dataset_dir: str | Path) -> LoadedDataset:

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from dataset.base import LoadedDataset, count_warnings, is_image_file, make_split, require_path
+from dataset.base import LoadedDataset, count_warnings, is_image_file, make_split, printable, require_path
 from lib.errors import DatasetError
 
 LAYOUT = "R/cub-200-2011/images/<class folder, e.g. 001.Black_footed_Albatross>/<image>.jpg"
@@ -31,7 +31,7 @@ def load_cub(dataset_dir: str | Path) -> LoadedDataset:
         if images:
             folders.append((entry.name, images))
         else:
-            warnings.append(f"cub: class folder {entry.path} holds no image and is ignored")
+            warnings.append(f"cub: class folder {printable(entry.path)} holds no image and is ignored")
     if not folders:
         raise DatasetError(f"cub: no class folder with images under {root}. Expected layout: {LAYOUT}")
     n_train = len(folders) // 2

@@ -13,6 +13,7 @@ from dataset.base import (
     line_error,
     list_files,
     make_split,
+    printable,
     read_lines,
     require_path,
 )
@@ -35,7 +36,7 @@ def scan_classes(root: str) -> tuple[dict[str, list[str]], list[str]]:
         if paths:
             classes[entry.name] = sorted(paths)
         else:
-            warnings.append(f"folder: class folder {entry.path} holds no image and is ignored")
+            warnings.append(f"folder: class folder {printable(entry.path)} holds no image and is ignored")
     return classes, warnings
 
 

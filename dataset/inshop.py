@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from dataset.base import LoadedDataset, count_warnings, line_error, make_split, read_lines, require_path
+from dataset.base import LoadedDataset, count_warnings, line_error, make_split, parse_int, read_lines, require_path
 from lib.errors import DatasetError
 
 LAYOUT = (
@@ -17,7 +17,7 @@ LAYOUT = (
 EXPECTED = {"train": (25882, 3997), "query": (14218, 3985), "gallery": (12612, 3985)}
 EXPECTED_ENTRIES = 52712
 LINE_FORMAT = "'image_path item_id evaluation_status' with item_id like id_00000001 and status train/query/gallery"
-ITEM_ID = re.compile(r"id_(\d+)$")
+ITEM_ID = re.compile(r"id_([0-9]+)")
 STATUSES = ("train", "query", "gallery")
 
 
@@ -28,7 +28,8 @@ def inshop_root(dataset_dir: str | Path) -> str:
 def read_partition(list_path: str, root: str) -> tuple[dict[str, tuple[list[str], list[int]]], list[str]]:
     """Per status: (absolute image paths, raw item ids); plus warnings about the entry count."""
     lines = read_lines(list_path)
-    if not lines or not lines[0].strip().isdigit():
+    announced = parse_int(lines[0].strip()) if lines else None
+    if announced is None or announced < 0:
         raise line_error(list_path, 1, lines[0] if lines else "", "the number of entries")
     entries = {status: ([], []) for status in STATUSES}
     n_entries = 0
@@ -36,16 +37,17 @@ def read_partition(list_path: str, root: str) -> tuple[dict[str, tuple[list[str]
         if not line.strip():
             continue
         fields = line.split()
-        match = ITEM_ID.match(fields[1]) if len(fields) == 3 else None
-        if match is None or fields[2] not in entries:
+        match = ITEM_ID.fullmatch(fields[1]) if len(fields) == 3 else None
+        item_id = parse_int(match.group(1)) if match else None
+        if item_id is None or fields[2] not in entries:
             raise line_error(list_path, line_no, line, LINE_FORMAT)
         paths, ids = entries[fields[2]]
         paths.append(os.path.join(root, fields[0]))
-        ids.append(int(match.group(1)))
+        ids.append(item_id)
         n_entries += 1
     warnings = []
-    if n_entries != int(lines[0]):
-        warnings.append(f"inshop: {list_path} announces {int(lines[0])} entries on line 1 but lists {n_entries}")
+    if n_entries != announced:
+        warnings.append(f"inshop: {list_path} announces {announced} entries on line 1 but lists {n_entries}")
     if n_entries != EXPECTED_ENTRIES:
         warnings.append(f"inshop: expected {EXPECTED_ENTRIES} entries in total, found {n_entries}")
     return entries, warnings

@@ -7,7 +7,7 @@ works (the original broke on roots containing ``sop/``, §10 #28).
 import os
 from pathlib import Path
 
-from dataset.base import LoadedDataset, count_warnings, line_error, make_split, read_lines, require_path
+from dataset.base import LoadedDataset, count_warnings, line_error, make_split, parse_int, read_lines, require_path
 
 LAYOUT = (
     "R/sop/Ebay_train.txt and R/sop/Ebay_test.txt (a header line, then 'image_id class_id super_class_id path' "
@@ -28,9 +28,10 @@ def read_list(list_path: str, root: str) -> tuple[list[str], list[int]]:
         if not line.strip():
             continue
         fields = line.split(maxsplit=3)
-        if len(fields) != 4 or not all(field.lstrip("-").isdigit() for field in fields[:3]):
+        numbers = [parse_int(field) for field in fields[:3]]
+        if len(fields) != 4 or None in numbers:
             raise line_error(list_path, line_no, line, LINE_FORMAT)
-        class_ids.append(int(fields[1]))
+        class_ids.append(numbers[1])
         paths.append(os.path.join(root, fields[3].strip()))
     return paths, class_ids
 

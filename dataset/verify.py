@@ -118,6 +118,8 @@ def format_report(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")  # odd file names never crash the report
     report = verify(args, progress=not args.json and sys.stderr.isatty())
     print(json.dumps(report) if args.json else format_report(report))
     return EXIT_ERRORS if report["errors"] else 0

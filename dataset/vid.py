@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from dataset.base import LoadedDataset, count_warnings, line_error, make_split, read_lines, require_path
+from dataset.base import LoadedDataset, count_warnings, line_error, make_split, parse_int, read_lines, require_path
 
 LAYOUT = (
     "R/vehicle-id/VehicleID_V1.0/train_test_split/{train_list,test_list_800,test_list_1600,test_list_2400}.txt "
@@ -30,10 +30,11 @@ def read_list(list_path: str, root: str) -> tuple[list[str], list[int]]:
         if not line.strip():
             continue
         fields = line.split()
-        if len(fields) != 2 or not fields[1].isdigit():
+        vehicle_id = parse_int(fields[1]) if len(fields) == 2 else None
+        if vehicle_id is None or vehicle_id < 0:
             raise line_error(list_path, line_no, line, LINE_FORMAT)
         paths.append(os.path.join(root, "image", fields[0] + ".jpg"))
-        vehicle_ids.append(int(fields[1]))
+        vehicle_ids.append(vehicle_id)
     return paths, vehicle_ids
 
 

@@ -1,10 +1,10 @@
 """From a Config to the run's parts: data, model, criterion, optimizer (METHOD.md §3.1 steps 4-5)."""
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from dataset.base import ImageDataset, LoadedDataset, Split
 from dataset.loader import make_eval_loader
@@ -14,6 +14,7 @@ from dataset.transforms import build_eval_transform, build_train_transform
 from experiment.config import Config
 from experiment.protocol import EvalTask, evaluation_tasks
 from experiment.validation import validate_against_dataset
+from lib.dist import DistContext, all_reduce_sum_array
 from lib.seeding import torch_generator
 from metriclearning.criteria import build_criterion
 from metriclearning.features import extract_features
@@ -111,21 +112,26 @@ def optim_settings(config: Config) -> OptimSettings:
 
 
 class Embedder:
-    """Embeds a split (or the clustering features of the training set) with the eval loader."""
+    """Embeds a split (or the clustering features of the training set) with the eval loader.
 
-    def __init__(self, model: EmbeddingModel, config: Config, device: torch.device, logger: logging.Logger):
-        self.model, self.config, self.device, self.logger = model, config, device, logger
+    Under torchrun every rank embeds every world_size-th image and the shards are summed into the whole.
+    """
+
+    def __init__(self, model: EmbeddingModel, config: Config, device: torch.device, dist: DistContext):
+        self.model, self.config, self.device, self.dist = model, config, device, dist
         self.eval_transform = build_eval_transform(config.sz_resize, config.sz_crop)
 
     def __call__(self, split: Split, *, mode: str = "embedding", dataset: ImageDataset | None = None) -> np.ndarray:
         dataset = dataset or ImageDataset(split, self.eval_transform)
+        if self.dist.distributed:
+            dataset = Subset(dataset, range(self.dist.rank, len(split), self.dist.world_size))
         loader = make_eval_loader(
             dataset,
             batch_size=self.config.eval_batch_size,
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        return extract_features(
+        features = extract_features(
             self.model,
             loader,
             self.device,
@@ -134,3 +140,4 @@ class Embedder:
             amp_dtype=AMP_DTYPES[self.config.amp],
             channels_last=self.config.channels_last,
         )
+        return all_reduce_sum_array(features, self.dist, self.device)

@@ -13,6 +13,7 @@ import torch
 from dataset.cluster_sampler import ClusterBatchPlanner
 from experiment.config import Config
 from lib.atomic import atomic_write
+from lib.dist import DistContext, broadcast_object
 from lib.runs import RunFolder
 from metriclearning.clustering import ReclusterResult, SeedStream, recluster
 from metriclearning.hierarchy import splits_at_epoch
@@ -80,22 +81,30 @@ def recluster_step(
     mask_lr: float,
     faiss_device: int | None,
     logger: logging.Logger,
+    dist: DistContext,
 ) -> ReclusterResult:
-    """Steps 2-7 of §3.4 with the current K; epoch -1 is the initial clustering (no matching, no split)."""
+    """Steps 2-7 of §3.4 with the current K; epoch -1 is the initial clustering (no matching, no split).
+
+    Under torchrun rank 0 clusters and every rank applies its result, so all ranks hold the same clusters.
+    """
     split = epoch >= 0 and splits_at_epoch(epoch, state.k, config.nb_clusters, config.hierarchy_method)
-    result = recluster(
-        features,
-        train_labels,
-        k=state.k,
-        k_final=config.nb_clusters,
-        previous=state.assignment if epoch >= 0 else None,
-        split=split,
-        seeds=state.seeds,
-        backend=config.backend,
-        batch_size=config.batch_size,
-        device=faiss_device,
-        method=config.clustering_method,
-    )
+    result = None
+    if dist.is_main:
+        result = recluster(
+            features,
+            train_labels,
+            k=state.k,
+            k_final=config.nb_clusters,
+            previous=state.assignment if epoch >= 0 else None,
+            split=split,
+            seeds=state.seeds,
+            backend=config.backend,
+            batch_size=config.batch_size,
+            device=faiss_device,
+            method=config.clustering_method,
+        )
+    result, seeds = broadcast_object((result, state.seeds.state_dict()), dist)
+    state.seeds.load_state_dict(seeds)
     if result.split.any():
         old_params = list(model.masks.params)
         parents = model.masks.split(result.split.tolist())

@@ -145,7 +145,7 @@ def _train_step(batch, labels_np, setup: StepSetup, full_embedding, frozen_mask_
     images = batch.images.to(setup.device, non_blocking=True)
     if setup.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    labels = torch.from_numpy(labels_np).to(setup.device, non_blocking=True)
+    labels = torch.from_numpy(labels_np)  # host labels: the miner sizes its work from them without a sync
     learner = None if full_embedding else batch.learner_id
     with torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=setup.amp_dtype is not None):
         embeddings = setup.model(images, learner)
@@ -159,9 +159,6 @@ def _train_step(batch, labels_np, setup: StepSetup, full_embedding, frozen_mask_
         loss_mask = mask_regularizer(setup.masks.stacked(), lam=setup.masking_lambda, with_l1=setup.with_l1)
         loss = loss_metric + loss_mask
     sums.add(loss_metric, loss_mask, index, batch.learner_id)
-    # DDP averages gradients over ranks, while each rank's loss covers the whole gathered batch and only
-    # back-propagates into its own rows: scaling by the world size makes the sum equal the 1-process gradient.
-    loss = loss * setup.dist.world_size
     setup.optimizer.zero_grad(set_to_none=True)
     if setup.scaler is not None:
         setup.scaler.scale(loss).backward()

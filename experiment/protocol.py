@@ -4,9 +4,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from metriclearning.evaluation import RECALL_KS, evaluate_retrieval
 
 from dataset.base import Split
+from metriclearning.evaluation import RECALL_KS, evaluate_retrieval
 
 NMI_AUTO_MAX_POINTS = 20_000
 
@@ -55,15 +55,22 @@ def run_evaluation(
     nmi_runs: int = 1,
     backend: str = "faiss",
     device=None,
+    compute: bool = True,
 ) -> dict:
-    """Metrics of every task, keyed as in METHOD.md §8.3 (``R@1``, ``val/R@1``, ``small/mARP``...)."""
+    """Metrics of every task, keyed as in METHOD.md §8.3 (``R@1``, ``val/R@1``, ``small/mARP``...).
+
+    ``compute=False`` only embeds (other torchrun ranks take part in the extraction; rank 0 computes).
+    """
     metrics: dict = {}
     for task in tasks:
         queries = embed(task.queries)
+        if task.gallery is not None:
+            gallery = embed(task.gallery)
+        if not compute:
+            continue
         if task.gallery is None:
             embeddings, labels, query_mask, gallery_mask = queries, task.queries.labels, None, None
         else:
-            gallery = embed(task.gallery)
             embeddings = np.concatenate([queries, gallery])
             labels = np.concatenate([task.queries.labels, task.gallery.labels])
             query_mask = np.arange(len(labels)) < len(queries)

@@ -1,8 +1,10 @@
 """torchrun helpers that are no-ops in a single process, so the training code reads the same either way."""
 
+import functools
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
 
@@ -40,13 +42,41 @@ def init_distributed(cuda_device: int) -> tuple[DistContext, torch.device]:
 
 
 def all_gather_rows(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
-    """Concatenate every rank's rows in rank order; gradients flow to this rank's own rows."""
+    """Every rank's rows in rank order, differentiably.
+
+    Each rank then computes the same loss over the whole batch. The backward sums the gradients of all ranks
+    into each rank's own rows (world_size x its share of the gradient), and DDP's averaging over ranks divides
+    that back: the parameter gradients equal those of one process with the whole batch, without any loss scaling.
+    """
     if not context.distributed:
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(context.world_size)]
-    torch_dist.all_gather(parts, tensor.detach().contiguous())
-    parts[context.rank] = tensor
-    return torch.cat(parts, dim=0)
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor), dim=0)
+
+
+def all_reduce_sum_array(array: np.ndarray, context: DistContext, device: torch.device) -> np.ndarray:
+    """Element-wise sum of a NumPy array over ranks (features extracted in shards, zeros elsewhere)."""
+    if not context.distributed:
+        return array
+    tensor = torch.from_numpy(array).to(device)
+    torch_dist.all_reduce(tensor)
+    return tensor.cpu().numpy()
+
+
+@functools.cache
+def _control_group():
+    """A gloo group for host-side flags, so agreeing on a stop never synchronises the GPU."""
+    return torch_dist.new_group(backend="gloo")
+
+
+def any_rank(flag: bool, context: DistContext) -> bool:
+    """True on every rank if ``flag`` is true on any rank (e.g. a preemption signal seen by one of them)."""
+    if not context.distributed:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    torch_dist.all_reduce(value, group=_control_group())
+    return bool(value.item())
 
 
 def broadcast_object(value, context: DistContext):

@@ -24,6 +24,8 @@ def extract_features(
 ) -> np.ndarray:
     """Features of every item of ``loader`` as a float32 (n_items, d) array in dataset-index order.
 
+    Rows of items the loader does not yield stay zero, so shards extracted by several processes add up.
+
     ``mode='embedding'`` is the evaluation embedding (no learner id, mask-sum if enabled);
     ``mode='penultimate'`` the L2-normalised pooled backbone vector used for clustering.
     """
@@ -41,7 +43,7 @@ def extract_features(
                 values = model.penultimate(images) if mode == "penultimate" else model(images)
             values = values.float().cpu().numpy()
             if output is None:
-                output = np.empty((n_items, values.shape[1]), dtype=np.float32)
+                output = np.zeros((n_items, values.shape[1]), dtype=np.float32)
             output[np.asarray(indices, dtype=np.int64)] = values
     finally:
         model.train(was_training)
