@@ -169,3 +169,55 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tmp_path):
     assert records == expected_records
     for key in model:
         assert torch.equal(model[key], expected_model[key]), key
+
+
+# ---------------------------------------------------------------- every dataset layout, one epoch, K = 2 and 3
+SMALL = [
+    "--experiment", "margin_loss_resnet50", "--sz-resize", "32", "--sz-crop", "32", "--arch", "resnet18",
+    "--pretrained", "0", "--sz-embedding", "8", "--batch-size", "8", "--num-samples-per-class", "2",
+    "--num-workers", "0", "--nb-epochs", "1", "--hierarchy-method", "none", "--backend", "faiss", "-i", "e2e",
+]  # fmt: skip
+
+
+def _layouts(root: Path) -> dict[str, tuple[Path, tuple[str, ...]]]:
+    from tests import fixtures_datasets as fx
+
+    size = (34, 36)
+    return {
+        "cub": (fx.make_cub(root / "cub", n_classes=12, per_class=6, size=size), ("R@1", "R@2", "R@4", "R@8")),
+        "cars": (fx.make_cars(root / "cars", n_classes=12, per_class=6, size=size), ("R@1", "R@2", "R@4", "R@8")),
+        "sop": (fx.make_sop(root / "sop", 6, 6, per_class=6, size=size), ("R@1", "R@10")),
+        "inshop": (
+            fx.make_inshop(root / "inshop", 6, 6, train_per_id=6, query_per_id=3, gallery_per_id=3, size=size),
+            ("R@1", "R@10"),
+        ),
+        "vid": (
+            fx.make_vid(root / "vid", n_train_ids=6, n_test_ids=(3, 4, 6), per_id=6, size=size),
+            ("R@1", "R@5"),
+        ),
+        "folder": (fx.make_folder(root / "folder", n_classes=12, per_class=6, size=size), ("R@1", "R@2", "R@4", "R@8")),
+    }
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    return _layouts(tmp_path_factory.mktemp("layouts"))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("name", ["cub", "cars", "sop", "inshop", "vid", "folder"])
+def test_one_epoch_on_every_dataset_layout(name, k, layouts, tmp_path, monkeypatch):
+    root, recall_keys = layouts[name]
+    args = SMALL + ["--dataset", name, "--dataset-dir", str(root), "--nb-clusters", str(k)]
+    assert run_main(args, tmp_path, monkeypatch) == 0
+    [run] = run_folders(tmp_path)
+    records = epochs_of(run)
+    assert [r["epoch"] for r in records] == [-1, 0]
+    assert records[1]["K"] == k
+    for key in (*recall_keys, "MAP@R", "mARP", "NMI", "n_queries", "n_queries_R0"):
+        assert key in records[1], (name, key)
+    with np.load(run / "recluster" / "e0000.npz", allow_pickle=False) as arrays:
+        assert arrays["sizes"].shape == (k,) and arrays["masks"].shape == (k, 8)
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    config = json.loads((run / "config.json").read_text())
+    assert config["dataset"] == name and config["derived"]["k_final"] == k
