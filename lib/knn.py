@@ -12,11 +12,11 @@ Evaluation needs the k nearest gallery items of every query once (METHOD.md §8.
 Determinism (why every engine returns the same neighbours): an engine returns a pool of the
 ``k + POOL_EXTRA`` best candidates by its own float32 distances. The pool is ordered by (distance, index),
 so exact ties go to the smaller index. Float32 rounding can still order two nearly equidistant items
-differently in different engines. So every candidate whose float32 distance lies within the rounding error
-bound of a neighbour in its pool gets its distance recomputed in float64 from the vectors (differences, not
-the ``|q|^2 + |g|^2 - 2 q.g`` expansion), and the pool is re-sorted by (distance, index). The resulting order
-is the exact order, independent of the engine, unless more than ``POOL_EXTRA`` items are within rounding of
-the k-th neighbour's distance. Exact duplicates get bit-identical distances, hence index order.
+differently in different engines (or block sizes). So every candidate whose float32 distance lies within a
+generous rounding tolerance of a neighbour in its pool gets its distance recomputed in float64 from the
+vectors, and the pool is re-sorted by (distance, index). The result is the exact order, whatever the engine,
+unless rounding errors exceed the tolerance (see ``_resolve_near_ties``) or more than ``POOL_EXTRA`` items lie
+within it of the k-th neighbour's distance. Exact duplicates get bit-identical distances, hence index order.
 """
 
 import warnings
@@ -33,6 +33,7 @@ FAISS_GPU_MAX_K = 2048  # faiss GPU's top-k limit
 CPU_BLOCK = 8192  # rows per block; a block of distances is at most BLOCK**2 floats
 GPU_BLOCK = 16384
 TILE = 32  # columns whose minimum is compared first when few entries of a block can enter a pool
+NEAR_TIE = 16  # near-tie tolerance in units of sqrt(D + 2) float32 roundoffs, see _resolve_near_ties
 REPAIR_PAIRS = 16384  # candidate pairs per float64 recomputation step
 _U32 = 2**-24  # unit roundoff of float32
 
@@ -51,9 +52,9 @@ def knn_search(
 
     ``exclude_self``: the queries are gallery rows 0..Q-1. k+1 neighbours are found and the query's own index
     is dropped, or the (k+1)-th neighbour if the query is not among them (ties at distance 0, METHOD.md §8.2).
-    ``backend``: "auto", "faiss" and "torch+sklearn" pick the fastest exact engine on the device (blocked
-    torch; on CPU it beats faiss' flat search, and halves the work in self-retrieval); "faiss-gpu" uses
-    faiss on the GPU up to its k limit; "faiss-flat" forces faiss' CPU ``IndexFlatL2``.
+    ``backend``: "auto", "faiss" and "torch+sklearn" use the blocked matmul engine on the device (in
+    self-retrieval it does half the flops of a flat search; benchmarks/bench_eval.py compares it with faiss);
+    "faiss-gpu" uses faiss on the GPU up to its k limit; "faiss-flat" forces faiss' CPU ``IndexFlatL2``.
     ``chunk_size``: rows per block (memory is about chunk_size**2 floats); None picks a default per device.
     """
     if backend not in BACKENDS:
@@ -90,7 +91,7 @@ def knn_search(
         if backend == "faiss-gpu":
             method += f", faiss-gpu fallback: k={pool} > {FAISS_GPU_MAX_K}"
     values, indices = _sort_pool(keys)
-    values, indices = _resolve_near_ties(q, g, values, indices)
+    values, indices = _resolve_near_ties(q, g, values, indices, needed)
     values, indices = _drop_self(values, indices, k) if exclude_self else (values[:, :k], indices[:, :k])
     return values.float().cpu().numpy(), indices.cpu().numpy(), method
 
@@ -152,10 +153,17 @@ def _augment(x: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat([x, norms, ones], 1), torch.cat([-2 * x, ones, norms], 1)
 
 
+def _matmul(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b.T. On CPU through numpy's OpenBLAS, measured ~1.5x faster than torch's MKL on AMD processors."""
+    if a.is_cuda:
+        return a @ b.T
+    return torch.from_numpy(np.matmul(a.numpy(), b.numpy().T))
+
+
 def _block_bounds(n: int, block: int, pool: int) -> list[int]:
-    """Nearly equal blocks of about ``block`` rows, none narrower than ``pool`` (the first pass needs that)."""
-    count = max(1, min(-(-n // block), n // pool))
-    return [round(i * n / count) for i in range(count + 1)]
+    """Nearly equal blocks of about ``block`` rows, starting at multiples of TILE, none narrower than ``pool``."""
+    count = max(1, min(-(-n // block), n // (pool + TILE)))
+    return [TILE * round(i * n / count / TILE) for i in range(count)] + [n]
 
 
 def _torch_self_search(x: Tensor, _: Tensor, pool: int, block: int) -> Tensor:
@@ -164,15 +172,14 @@ def _torch_self_search(x: Tensor, _: Tensor, pool: int, block: int) -> Tensor:
     spans = list(zip(bounds[:-1], bounds[1:], strict=True))
     state = _RunningPool(x.shape[0], pool, x.device)
     for start, stop in spans:  # diagonal blocks first: every row gets a threshold from its own block
-        distances = left[start:stop] @ right[start:stop].T
+        distances = _matmul(left[start:stop], right[start:stop])
         state.set_threshold(start, distances)
         state.offer(start, start, distances, _dense_hits(distances, state.limit(start, stop)))
     for i, (start_i, stop_i) in enumerate(spans):
         for start_j, stop_j in spans[i + 1 :]:
-            distances = left[start_i:stop_i] @ right[start_j:stop_j].T
+            distances = _matmul(left[start_i:stop_i], right[start_j:stop_j])
             state.offer(start_i, start_j, distances, _tiled_row_hits(distances, state.limit(start_i, stop_i)))
-            rows, cols = _tiled_column_hits(distances, state.limit(start_j, stop_j).T)
-            state.offer(start_j, start_i, distances.T, (cols, rows))
+            state.offer(start_j, start_i, distances.T, _tiled_column_hits(distances, state.limit(start_j, stop_j)))
     return state.keys
 
 
@@ -182,20 +189,24 @@ def _torch_cross_search(q: Tensor, g: Tensor, pool: int, block: int) -> Tensor:
     rows = max(1, block * block // g.shape[0])
     state = _RunningPool(q.shape[0], pool, q.device)
     for start in range(0, q.shape[0], rows):
-        distances = left[start : start + rows] @ right.T
+        distances = _matmul(left[start : start + rows], right)
         state.set_threshold(start, distances)
-        limit = state.limit(start, start + distances.shape[0])
-        state.offer(start, 0, distances, _dense_hits(distances, limit))
+        state.offer(start, 0, distances, _dense_hits(distances, state.limit(start, start + distances.shape[0])))
     return state.keys
 
 
-def _dense_hits(distances: Tensor, limit: Tensor) -> tuple[Tensor, Tensor]:
-    """(row, column) of the entries at or below their row's limit, by one comparison pass."""
-    return torch.nonzero(distances <= limit, as_tuple=True)
+# A "hits" triple (targets, candidates, sorted): block coordinates of the entries at or below their target
+# row's limit, and whether the targets come out sorted (then the merge needs no sort).
 
 
-def _tiled_row_hits(distances: Tensor, limit: Tensor) -> tuple[Tensor, Tensor]:
-    """Like ``_dense_hits`` when few entries pass: compare the minima of row tiles first, then the hit tiles.
+def _dense_hits(distances: Tensor, limit: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """Hits by one comparison pass; ``limit`` (R, 1) holds the row limits."""
+    rows, cols = torch.nonzero(distances <= limit, as_tuple=True)
+    return rows, cols, True
+
+
+def _tiled_row_hits(distances: Tensor, limit: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """``_dense_hits`` for when few entries pass: compare the minima of row tiles first, then the hit tiles.
 
     One min-reduction over the block is cheaper than comparing and then scanning a mask of the whole block.
     """
@@ -205,20 +216,27 @@ def _tiled_row_hits(distances: Tensor, limit: Tensor) -> tuple[Tensor, Tensor]:
     rows, tile_ids = torch.nonzero(tiles.amin(2) <= limit, as_tuple=True)
     hit, offset = torch.nonzero(tiles[rows, tile_ids] <= limit[rows], as_tuple=True)
     rows, cols = rows[hit], tile_ids[hit] * TILE + offset
-    tail_rows, tail_cols = _dense_hits(distances[:, tiled:], limit)
-    return torch.cat([rows, tail_rows]), torch.cat([cols, tail_cols + tiled])
+    if tiled == n_cols:
+        return rows, cols, True
+    tail_rows, tail_cols, _ = _dense_hits(distances[:, tiled:], limit)
+    return torch.cat([rows, tail_rows]), torch.cat([cols, tail_cols + tiled]), False
 
 
-def _tiled_column_hits(distances: Tensor, limit: Tensor) -> tuple[Tensor, Tensor]:
-    """``_tiled_row_hits`` for column limits (1, C), with tiles down the columns (a transposed view is slow)."""
+def _tiled_column_hits(distances: Tensor, limit: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """Hits of the block's columns (targets) among its rows; ``limit`` (C, 1) holds the column limits.
+
+    Tiles run down the columns (a min over a transposed view is slow); targets come out sorted.
+    """
     n_rows = distances.shape[0]
     tiled = n_rows - n_rows % TILE
     tiles = distances[:tiled].unflatten(0, (-1, TILE))
-    tile_ids, cols = torch.nonzero(tiles.amin(1) <= limit, as_tuple=True)
-    hit, offset = torch.nonzero(tiles[tile_ids, :, cols] <= limit[0, cols, None], as_tuple=True)
-    rows, cols = tile_ids[hit] * TILE + offset, cols[hit]
-    tail_rows, tail_cols = _dense_hits(distances[tiled:], limit)
-    return torch.cat([rows, tail_rows + tiled]), torch.cat([cols, tail_cols])
+    cols, tile_ids = torch.nonzero((tiles.amin(1) <= limit.T).T.contiguous(), as_tuple=True)
+    hit, offset = torch.nonzero(tiles[tile_ids, :, cols] <= limit[cols], as_tuple=True)
+    cols, rows = cols[hit], tile_ids[hit] * TILE + offset
+    if tiled == n_rows:
+        return cols, rows, True
+    tail_rows, tail_cols = torch.nonzero(distances[tiled:] <= limit.T, as_tuple=True)
+    return torch.cat([cols, tail_cols]), torch.cat([rows, tail_rows + tiled]), False
 
 
 class _RunningPool:
@@ -249,15 +267,16 @@ class _RunningPool:
         kth = torch.topk(minima, self.size, dim=1, largest=False).values[:, -1]
         self.threshold[row_start : row_start + distances.shape[0]] = kth
 
-    def offer(self, row_start: int, col_start: int, distances: Tensor, hits: tuple[Tensor, Tensor]) -> None:
-        """Merge the ``hits`` (row, column) of a block whose rows and columns start at these indices."""
-        rows, cols = hits
+    def offer(self, row_start: int, col_start: int, distances: Tensor, hits: tuple[Tensor, Tensor, bool]) -> None:
+        """Merge the ``hits`` of a block of distances whose rows and columns start at these pool indices."""
+        rows, cols, rows_sorted = hits
         if rows.numel() == 0:
             return
         keys = _keys(distances[rows, cols], cols + col_start)
+        if not rows_sorted:
+            order = torch.argsort(rows)
+            rows, keys = rows[order], keys[order]
         per_row = torch.bincount(rows, minlength=distances.shape[0])
-        order = torch.argsort(rows)
-        rows, keys = rows[order], keys[order]
         touched = torch.nonzero(per_row, as_tuple=True)[0]
         compact = torch.cumsum(per_row > 0, 0) - 1
         slot = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(per_row, 0) - per_row)[rows]
@@ -277,20 +296,24 @@ def _sort_pool(keys: Tensor) -> tuple[Tensor, Tensor]:
 # ---------------------------------------------------------------- exact ordering of near ties
 
 
-def _resolve_near_ties(q: Tensor, g: Tensor, values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
-    """Recompute in float64 the pooled distances that float32 rounding cannot order; re-sort those rows.
+def _resolve_near_ties(q: Tensor, g: Tensor, values: Tensor, indices: Tensor, needed: int) -> tuple[Tensor, Tensor]:
+    """Recompute in float64 the pooled distances that float32 rounding may misorder; re-sort those rows.
 
-    A float32 squared distance over D dimensions is within ``2 * gamma * (|q|^2 + |g|^2)`` of the exact one
-    (gamma = (D+2)u / (1-(D+2)u), u = 2**-24), whatever the summation order. Two pooled candidates whose
-    float32 distances differ by more than twice that bound are ordered correctly; the others are recomputed.
+    Candidates whose float32 distances lie within ``NEAR_TIE * sqrt(D + 2) * u * (|q|^2 + max |g|^2)``
+    (u = 2**-24) of a neighbour in their pool form a near-tie group. That is far above the typical float32
+    accumulation error, which grows like sqrt(D) u; the worst-case bound (D + 2) u is sqrt(D) times wider
+    and would flag most candidates of concentrated, normalised embeddings. Groups that start at or beyond
+    position ``needed`` cannot change the returned neighbours and are left alone.
     """
-    gamma = (q.shape[1] + 2) * _U32 / (1 - (q.shape[1] + 2) * _U32)
-    scale = (q * q).sum(1) + (g * g).sum(1)[indices].max(1).values
-    close = (values[:, 1:] - values[:, :-1]) <= (4 * gamma * scale)[:, None]
+    tolerance = NEAR_TIE * (q.shape[1] + 2) ** 0.5 * _U32 * ((q * q).sum(1) + (g * g).sum(1)[indices].max(1).values)
+    close = (values[:, 1:] - values[:, :-1]) <= tolerance[:, None]
     flagged = torch.zeros_like(values, dtype=torch.bool)
     flagged[:, 1:] |= close
     flagged[:, :-1] |= close
-    rows, slots = torch.nonzero(flagged, as_tuple=True)
+    starts_group = torch.cat([torch.ones_like(close[:, :1]), ~close], 1)
+    position = torch.arange(values.shape[1], device=values.device).expand_as(values)
+    group_start = torch.cummax(torch.where(starts_group, position, 0), dim=1).values
+    rows, slots = torch.nonzero(flagged & (group_start < needed), as_tuple=True)
     if rows.numel() == 0:
         return values, indices
     exact = values.double()

@@ -1,0 +1,126 @@
+"""Benchmark: an SOP-sized evaluation against a bare faiss flat search with the same k.
+
+    python benchmarks/bench_eval.py                      # 60,502 x 512, 11,316 classes (SOP's eval set)
+    python benchmarks/bench_eval.py --n 16384 --classes 3072 --output bench.json
+
+Synthetic embeddings: one random unit centre per class, 2..12 images per class (about 5.3 on average, as in
+SOP), Gaussian noise, L2-normalised, in random order. The evaluator computes R@1/10/100, MAP@R and mARP
+(no NMI). Its wall time and peak memory are compared with faiss ``IndexFlatL2`` searching k+1 = 101
+neighbours for every point (what self-retrieval with R@100 needs). The goal is eval_s <= 0.45 x
+faiss_search_s and a peak under 1.5 GB beyond the embeddings. The peak is the resident set high-water mark,
+reset before the evaluation where Linux allows it. Prints one JSON object.
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lib.faiss_backend import import_faiss  # noqa: E402
+from metriclearning.evaluation import RECALL_KS, evaluate_retrieval  # noqa: E402
+
+NOISE = 2.1  # per-image noise norm relative to the unit class centre: R@1 about 0.8 at SOP size
+
+
+def synthetic_embeddings(n: int, n_classes: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-clustered unit vectors: 2..12 images per class summing to n, shuffled."""
+    rng = np.random.default_rng(seed)
+    sizes = np.clip(rng.poisson(n / n_classes - 2, n_classes) + 2, 2, 12)
+    while sizes.sum() != n:  # nudge random classes until the total is exact, staying within 2..12
+        step = 1 if sizes.sum() < n else -1
+        movable = np.flatnonzero((sizes < 12) if step > 0 else (sizes > 2))
+        chosen = rng.choice(movable, min(len(movable), abs(n - sizes.sum())), replace=False)
+        sizes[chosen] += step
+    labels = rng.permutation(np.repeat(np.arange(n_classes), sizes))
+    centres = rng.standard_normal((n_classes, dim), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    embeddings = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 8192):  # chunked, so that generation does not set the memory peak
+        rows = slice(start, start + 8192)
+        noise = rng.standard_normal((len(labels[rows]), dim), dtype=np.float32) * (NOISE / np.sqrt(dim))
+        embeddings[rows] = centres[labels[rows]] + noise
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return embeddings, labels
+
+
+def rss_mb(field: str) -> float:
+    """VmRSS (current) or VmHWM (peak) of this process in MiB, from /proc; ru_maxrss where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--n", type=int, default=60_502)
+    parser.add_argument("--classes", type=int, default=11_316)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    embeddings, labels = synthetic_embeddings(args.n, args.classes, args.dim, args.seed)
+    rss_with_embeddings = rss_mb("VmRSS")
+    peak_reset = reset_peak_rss()
+    start = time.perf_counter()
+    metrics = evaluate_retrieval(embeddings, labels, recall_ks=RECALL_KS["sop"], with_nmi=False, backend=args.backend)
+    eval_s = time.perf_counter() - start
+    peak = rss_mb("VmHWM") if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    faiss = import_faiss()
+    k = max(max(RECALL_KS["sop"]), int(np.bincount(labels).max()) - 1) + 1  # the evaluator's k, own index included
+    start = time.perf_counter()
+    index = faiss.IndexFlatL2(args.dim)
+    index.add(embeddings)
+    index.search(embeddings, k)
+    faiss_search_s = time.perf_counter() - start
+
+    result = {
+        "eval_s": round(eval_s, 2),
+        "faiss_search_s": round(faiss_search_s, 2),
+        "ratio_eval_vs_faiss": round(eval_s / faiss_search_s, 3),
+        "peak_rss_mb": round(peak, 1),
+        "rss_with_embeddings_mb": round(rss_with_embeddings, 1),
+        "peak_beyond_embeddings_mb": round(peak - rss_with_embeddings, 1),
+        "peak_is_eval_only": peak_reset,
+        "backend": metrics["knn_method"],
+        "faiss_k": k,
+        "n": args.n,
+        "dim": args.dim,
+        "n_classes": args.classes,
+        "metrics": {key: value for key, value in metrics.items() if key != "knn_method"},
+        "cpu_threads": torch.get_num_threads(),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""lib.knn against a naive float64 oracle: ties by index, self-exclusion, duplicates, engines and blocks agree."""
+
+import numpy as np
+import pytest
+import torch
+
+from lib.errors import ConfigError
+from lib.knn import knn_search
+
+ENGINES = ("auto", "faiss-flat", "torch+sklearn")
+
+
+def oracle(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool) -> np.ndarray:
+    """Sort every gallery item by (exact distance, index); drop the query itself, or the (k+1)-th."""
+    q, g = queries.astype(np.float64), gallery.astype(np.float64)
+    result = []
+    for i, query in enumerate(q):
+        distances = ((g - query) ** 2).sum(1)
+        order = sorted(range(len(g)), key=lambda j: (distances[j], j))[: k + exclude_self]
+        if exclude_self:
+            order = [j for j in order if j != i] if i in order else order[:k]
+        result.append(order)
+    return np.array(result)
+
+
+def tie_heavy(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    """Half-integer coordinates: float32 distances are exact, so many distances tie exactly."""
+    x = np.round(rng.standard_normal((n, dim)) * 2) / 2
+    x[5] = x[7] = x[3]  # exact duplicates
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("chunk_size", [None, 40])
+def test_self_retrieval_matches_oracle_with_ties(engine, chunk_size):
+    rng = np.random.default_rng(0)
+    x = tie_heavy(rng, 230, 3)
+    distances, indices, _ = knn_search(x, x, 12, backend=engine, exclude_self=True, chunk_size=chunk_size)
+    expected = oracle(x, x, 12, exclude_self=True)
+    np.testing.assert_array_equal(indices, expected)
+    exact = ((x[:, None, :].astype(np.float64) - x[expected]) ** 2).sum(-1)
+    np.testing.assert_allclose(distances, exact, atol=1e-5)
+    assert distances.dtype == np.float32 and indices.dtype == np.int64
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("chunk_size", [None, 9])
+def test_query_gallery_matches_oracle_with_ties(engine, chunk_size):
+    rng = np.random.default_rng(1)
+    gallery = tie_heavy(rng, 150, 2)
+    queries = np.concatenate([gallery[:4], np.round(rng.standard_normal((30, 2)) * 2) / 2]).astype(np.float32)
+    _, indices, _ = knn_search(queries, gallery, 20, backend=engine, chunk_size=chunk_size)
+    np.testing.assert_array_equal(indices, oracle(queries, gallery, 20, exclude_self=False))
+
+
+def test_blocked_symmetric_search_agrees_with_faiss_on_random_data():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((700, 24)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    reference = knn_search(x, x, 30, backend="faiss-flat", exclude_self=True)[1]
+    for chunk_size in (None, 100, 64):  # one block; several blocks (rows and columns offered)
+        _, indices, method = knn_search(torch.from_numpy(x), x, 30, exclude_self=True, chunk_size=chunk_size)
+        np.testing.assert_array_equal(indices, reference)
+        assert "symmetric" in method
+    np.testing.assert_array_equal(indices, oracle(x, x, 30, exclude_self=True))
+
+
+def test_duplicates_of_the_query_stay_and_come_in_index_order():
+    x = np.array([[0.0, 0], [0, 0], [0, 0], [5, 5]], dtype=np.float32)
+    _, indices, _ = knn_search(x, x, 2, exclude_self=True)
+    np.testing.assert_array_equal(indices, [[1, 2], [0, 2], [0, 1], [0, 1]])
+
+
+def test_query_missing_from_its_first_k_plus_1_drops_the_last():
+    x = np.zeros((4, 3), dtype=np.float32)  # all tie at distance 0: the first k+1 are 0 and 1
+    _, indices, _ = knn_search(x, x, 1, exclude_self=True)
+    np.testing.assert_array_equal(indices[:, 0], [1, 0, 0, 0])
+
+
+def test_queries_as_first_rows_of_a_larger_gallery():
+    rng = np.random.default_rng(3)
+    gallery = tie_heavy(rng, 60, 2)
+    _, indices, method = knn_search(gallery[:10], gallery, 5, exclude_self=True, chunk_size=4)
+    np.testing.assert_array_equal(indices, oracle(gallery[:10], gallery, 5, exclude_self=True)[:10])
+    assert "symmetric" not in method
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_near_ties_are_ordered_by_exact_distance(engine):
+    """Float32 rounding makes both distances ~0; the exact ones are 1e-8 (index 0) and 0 (index 1)."""
+    rng = np.random.default_rng(4)
+    query = np.full((1, 64), 1.0, dtype=np.float32)
+    near = query.copy()
+    near[0, 0] = np.float32(1.0001)
+    gallery = np.concatenate([near, query, 5 + rng.standard_normal((20, 64))]).astype(np.float32)
+    distances, indices, _ = knn_search(query, gallery, 2, backend=engine)
+    np.testing.assert_array_equal(indices, [[1, 0]])
+    assert distances[0, 0] == 0 and 0 < distances[0, 1] < 1e-7
+
+
+def test_invalid_requests_raise():
+    x = np.zeros((5, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match="k=5"):
+        knn_search(x, x, 5, exclude_self=True)
+    with pytest.raises(ValueError, match="unknown kNN backend"):
+        knn_search(x, x, 1, backend="annoy")
+    with pytest.raises(ValueError, match="finite"):
+        knn_search(np.full((2, 2), np.nan, dtype=np.float32), x, 1)
+    with pytest.raises(ValueError, match="dimension"):
+        knn_search(np.zeros((2, 3), dtype=np.float32), x, 1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_faiss_gpu_without_a_gpu_says_how_to_fix_it():
+    x = np.zeros((5, 2), dtype=np.float32)
+    with pytest.raises(ConfigError, match="--backend faiss"):
+        knn_search(x, x, 1, backend="faiss-gpu")
