@@ -10,6 +10,7 @@ The same command again resumes an unfinished run from its `last` checkpoint, or 
 Every flag is documented in experiment/margin_loss_resnet50.py and METHOD.md.
 """
 
+import contextlib
 import math
 import random
 import sys
@@ -33,7 +34,7 @@ from lib.env import environment_report
 from lib.errors import UserFacingError
 from lib.faiss_backend import describe_faiss
 from lib.preemption import PreemptionFlag
-from lib.runs import RunFolder, epoch_tag, setup_logger
+from lib.runs import RunFolder, epoch_tag, setup_logger, stop_on_write_failure
 from metriclearning.clustering import SeedStream
 from metriclearning.hierarchy import backbone_frozen, is_recluster_epoch, stop_recluster_due
 from metriclearning.optim import build_optimizer, remove_mask_group, scheduled_lr, set_epoch_lrs
@@ -64,15 +65,10 @@ class Trainer:
             raise SystemExit(0)
         self.run: RunFolder = plan.run
         self.resume_state = plan.resume_state
-        if dist.is_main:
-            self.run.create()
-        barrier(dist)
-        self.log = setup_logger(self.run.path / "log.txt" if dist.is_main else None, verbose=config.verbose)
+        self.log = setup_logger(None, verbose=config.verbose)  # the log file joins once the folder exists
         self.preemption = PreemptionFlag().install()
         self._seed_everything()
         self.data = build_data(config)
-        for warning in (*config.warnings, *self.data.warnings):
-            self.log.warning(f"warning: {warning}")
         self.train_labels = self.data.train.labels
         n_masks = self.resume_state["clusters"]["k"] if self.resume_state else config.k_start
         self.model = build_model(config, n_masks=n_masks, device=device)
@@ -85,8 +81,11 @@ class Trainer:
         self.clusters = ClusterState(k=config.k_start, seeds=SeedStream(config.clustering_random_state))
         self.flags = RunFlags(recluster_active=config.nb_clusters > 1, stop_recluster_armed=config.stop_recluster)
         self.selection_key = "val/R@1" if self.data.val is not None else "R@1"
-        if dist.is_main:
+        if dist.is_main:  # only now, with data and model built, so a typo in a flag leaves no folder behind
+            self.run.create()
+            self.log = setup_logger(self.run.path / "log.txt", verbose=config.verbose)
             self._record_start(argv)
+        barrier(dist)
 
     # ------------------------------------------------------------------ start-up
     def _seed_everything(self) -> None:
@@ -127,6 +126,8 @@ class Trainer:
         self.run.write_json("env.json", environment_report())
         self.run.set_status("running", nb_epochs=config.nb_epochs, started=True)
         self.log.info(f"run folder: {self.run.path}")
+        for warning in (*config.warnings, *self.data.warnings):
+            self.log.warning(f"warning: {warning}")
         self.log.info(f"device: {self.device}; {describe_faiss()}; backend {config.backend}")
         self.log.info(f"train: {len(self.data.train)} images of {self.data.train.n_classes} classes")
 
@@ -377,22 +378,24 @@ class Trainer:
         """Order matters for crash safety: checkpoint, then the record line, then the status (§9.3)."""
         if not self.dist.is_main:
             return
-        write_epoch_checkpoints(
-            self.run, self._state(epoch, record), epoch=epoch, save_model=self.config.save_model, improved=improved
-        )
-        self.run.append_epoch(record)
-        if self.config.save_masks:
-            self.run.masks_dir.mkdir(exist_ok=True)
-            np.save(
-                self.run.masks_dir / f"e{epoch_tag(epoch)}.npy",
-                self.model.masks.stacked().detach().float().cpu().numpy().astype(np.float16),
+        with stop_on_write_failure(f"the checkpoints or records of epoch {epoch} in {self.run.path}"):
+            write_epoch_checkpoints(
+                self.run, self._state(epoch, record), epoch=epoch, save_model=self.config.save_model, improved=improved
             )
-        self.run.set_status("running", last_epoch=epoch)
+            self.run.append_epoch(record)
+            if self.config.save_masks:
+                self.run.masks_dir.mkdir(exist_ok=True)
+                np.save(
+                    self.run.masks_dir / f"e{epoch_tag(epoch)}.npy",
+                    self.model.masks.stacked().detach().float().cpu().numpy().astype(np.float16),
+                )
+            self.run.set_status("running", last_epoch=epoch)
 
     def _save_mid_epoch(self, epoch: int, progress: EpochProgress) -> None:
         if self.dist.is_main and self.config.save_model > 0:
             mid = {"progress": progress.state_dict(), "planner": self.clusters.planner.epoch_start_state_dict()}
-            save_checkpoint(self.run.checkpoint_path("last"), self._state(epoch, None, mid_epoch=mid))
+            with stop_on_write_failure(f"the mid-epoch checkpoint in {self.run.path}"):
+                save_checkpoint(self.run.checkpoint_path("last"), self._state(epoch, None, mid_epoch=mid))
         self._stop_interrupted(epoch - 1, at=f"epoch {epoch}, batch {progress.next_batch}")
 
     def _stop_interrupted(self, last_epoch: int, at: str | None = None) -> None:
@@ -451,6 +454,14 @@ class Trainer:
         self.log.info(f"epoch {record['epoch']}: mask active dims [{active}]")
 
 
+def _record_end(trainer: Trainer | None, state: str, message: str) -> None:
+    """Best effort: the status of a run that stops on an error (the disk may be what failed)."""
+    if trainer is None or not trainer.dist.is_main or not trainer.run.path.exists():
+        return
+    with contextlib.suppress(OSError):
+        trainer.run.set_status(state, message=message)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     trainer = None
@@ -461,16 +472,13 @@ def main(argv: list[str] | None = None) -> int:
         trainer.fit()
     except UserFacingError as error:
         print(f"error: {error}", file=sys.stderr)
-        if trainer is not None and trainer.dist.is_main:
-            trainer.run.set_status("failed", message=str(error))
+        _record_end(trainer, "failed", str(error))
         return 2
     except KeyboardInterrupt:
-        if trainer is not None and trainer.dist.is_main:
-            trainer.run.set_status("interrupted", message="KeyboardInterrupt")
+        _record_end(trainer, "interrupted", "KeyboardInterrupt")
         return 130
-    except BaseException as error:
-        if trainer is not None and trainer.dist.is_main and not isinstance(error, SystemExit):
-            trainer.run.set_status("failed", message=f"{type(error).__name__}: {error}")
+    except Exception as error:
+        _record_end(trainer, "failed", f"{type(error).__name__}: {error}")
         raise
     finally:
         if trainer is not None:

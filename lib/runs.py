@@ -3,6 +3,7 @@
 Only rank 0 creates a ``RunFolder``; every write goes through atomic helpers so a kill never corrupts a record.
 """
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -11,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from lib.atomic import append_line, atomic_write, atomic_write_json
+from lib.errors import CheckpointError
 
 EPOCHS_FILE = "epochs.jsonl"
 STATUS_FILE = "status.json"
@@ -47,6 +49,21 @@ def move_aside(path: Path) -> Path:
         counter += 1
     shutil.move(str(path), str(target))
     return target
+
+
+@contextlib.contextmanager
+def stop_on_write_failure(what: str):
+    """Turn a failed write (disk full, permission denied) into one clear message that stops the run.
+
+    The atomic writers leave the previous files intact, so the run can be resumed once the cause is fixed.
+    """
+    try:
+        yield
+    except OSError as error:
+        raise CheckpointError(
+            f"could not write {what}: {error.strerror or error}. The previous checkpoints and records are intact; "
+            "free disk space or fix permissions, then run the same command to resume."
+        ) from error
 
 
 def read_epoch_records(run_dir: Path) -> tuple[list[dict], list[str]]:
