@@ -11,6 +11,7 @@ Every flag is documented in experiment/margin_loss_resnet50.py and METHOD.md.
 """
 
 import contextlib
+import logging
 import math
 import random
 import sys
@@ -27,16 +28,16 @@ from experiment.config import Config, parse_config
 from experiment.divide import ClusterState, recluster_step, save_recluster_record
 from experiment.epoch import EpochProgress, StepSetup, train_one_epoch
 from experiment.protocol import nmi_enabled, run_evaluation
-from experiment.run_setup import plan_run
-from lib.checkpoint import save_checkpoint
+from experiment.run_setup import RunPlan, plan_run
+from lib.checkpoint import load_checkpoint, save_checkpoint
 from lib.dist import DistContext, any_rank, barrier, broadcast_object, init_distributed, shutdown
 from lib.env import environment_report
-from lib.errors import UserFacingError
+from lib.errors import ConfigError, UserFacingError
 from lib.faiss_backend import describe_faiss
 from lib.preemption import PreemptionFlag
 from lib.runs import RunFolder, epoch_tag, setup_logger, stop_on_write_failure
 from metriclearning.clustering import SeedStream
-from metriclearning.hierarchy import backbone_frozen, is_recluster_epoch, stop_recluster_due
+from metriclearning.hierarchy import backbone_frozen, is_recluster_epoch, splits_at_epoch, stop_recluster_due
 from metriclearning.optim import build_optimizer, remove_mask_group, scheduled_lr, set_epoch_lrs
 
 TRAINING_FIELDS = (
@@ -56,16 +57,19 @@ class Trainer:
 
     def __init__(self, config: Config, argv: list[str], dist: DistContext, device: torch.device):
         self.config, self.dist, self.device = config, dist, device
-        plan = plan_run(config, log=print)
+        plan = _shared_plan(config, dist)
         if plan.finished_epochs is not None:
-            print(
-                f"already trained for {plan.finished_epochs} epochs ({plan.run.path}); add --overwrite to train "
-                "again, or a larger --nb-epochs to continue."
-            )
+            if dist.is_main:
+                print(
+                    f"already trained for {plan.finished_epochs} epochs ({plan.run.path}); add --overwrite to train "
+                    "again, or a larger --nb-epochs to continue."
+                )
             raise SystemExit(0)
         self.run: RunFolder = plan.run
         self.resume_state = plan.resume_state
         self.log = setup_logger(None, verbose=config.verbose)  # the log file joins once the folder exists
+        if not dist.is_main:
+            self.log.setLevel(logging.WARNING)  # under torchrun the console shows rank 0's progress once
         self.preemption = PreemptionFlag().install()
         self._seed_everything()
         self.data = build_data(config)
@@ -251,8 +255,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces of an epoch
     def _recluster(self, epoch: int):
-        mode = "penultimate" if self.config.penultimate_for_clusters else "embedding"
-        features = self.embed(self.data.train, mode=mode, dataset=self.data.feature_set)
+        config = self.config
+        splits = epoch >= 0 and splits_at_epoch(epoch, self.clusters.k, config.nb_clusters, config.hierarchy_method)
+        if self.clusters.k == 1 and not splits:
+            # One cluster and no split: the outcome and the seed stream do not depend on the features (§10 #41).
+            features = np.zeros((len(self.data.train), 1), dtype=np.float32)
+        else:
+            mode = "penultimate" if config.penultimate_for_clusters else "embedding"
+            features = self.embed(self.data.train, mode=mode, dataset=self.data.feature_set)
         mask_lr = scheduled_lr(self.config.base_lr * self.config.mask_lr_mult, max(epoch, 0), self.settings)
         result = recluster_step(
             epoch,
@@ -338,13 +348,16 @@ class Trainer:
         return broadcast_object(metrics, self.dist)
 
     def _wrap_model(self) -> torch.nn.Module:
-        """Under torchrun, DDP over the current parameters (re-wrapped whenever masks change)."""
+        """Under torchrun, DDP over the current parameters (re-wrapped whenever masks change or freeze).
+
+        The mask regulariser uses every mask outside the forward, which DDP's unused-parameter search rejects
+        ("marked ready twice"). The graph is static per wrap instead: every trainable parameter gets exactly one
+        gradient per step (backbone and embedding through the forward, every mask through the regulariser).
+        """
         if not self.dist.distributed:
             return self.model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(
-            self.model, device_ids=device_ids, find_unused_parameters=True, broadcast_buffers=False
-        )
+        return DistributedDataParallel(self.model, device_ids=device_ids, static_graph=True, broadcast_buffers=False)
 
     def _stop_requested(self) -> bool:
         return any_rank(self.preemption.requested, self.dist)
@@ -462,12 +475,33 @@ def _record_end(trainer: Trainer | None, state: str, message: str) -> None:
         trainer.run.set_status(state, message=message)
 
 
+def _shared_plan(config: Config, dist: DistContext) -> RunPlan:
+    """Rank 0 decides what happens to the run folder; under torchrun the other ranks follow its decision.
+
+    Planning on every rank would race with rank 0 creating the folder or moving it aside (--overwrite).
+    """
+    plan = plan_run(config, log=print) if dist.is_main else None
+    decision = broadcast_object(
+        None if plan is None else (plan.run.path, plan.resume_source, plan.finished_epochs), dist
+    )
+    if plan is not None:
+        return plan
+    path, source, finished = decision
+    state = load_checkpoint(source) if source is not None and finished is None else None
+    return RunPlan(RunFolder(path), state, source, finished)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     trainer = None
     try:
         config = parse_config(argv)
         dist, device = init_distributed(config.cuda_device)
+        if config.batch_size % dist.world_size:
+            raise ConfigError(
+                f"--batch-size {config.batch_size} must be divisible by the {dist.world_size} torchrun processes "
+                "(each trains an equal share of every batch)."
+            )
         trainer = Trainer(config, argv, dist, device)
         trainer.fit()
     except UserFacingError as error:
