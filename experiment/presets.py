@@ -37,8 +37,8 @@ SOP = {
 QUICKSTART_TUNED = {
     "--batch-size": "64",
     "--num-samples-per-class": "4",
-    "--nb-epochs": "8",
-    "--force-full-embedding-epoch": "6",
+    "--nb-epochs": "6",
+    "--force-full-embedding-epoch": "5",
     "--base-lr": "1e-3",
     "--emb-lr-mult": "1",
     "--mask-lr-mult": "10",
@@ -65,7 +65,7 @@ QUICKSTART = {
     "--nb-clusters": "4",
     "--mod-epoch": "2",
     "--backend": "faiss",
-    "--num-workers": "2",
+    "--num-workers": "0",  # glyphs live in memory: worker processes would only compete for the 2 cores
     **QUICKSTART_TUNED,
 }
 
