@@ -98,8 +98,6 @@ class Trainer:
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
         torch.backends.cudnn.benchmark = False
-        # Subnormal activations of a freshly initialised network slow CPU convolutions several-fold.
-        torch.set_flush_denormal(True)
 
     def _record_start(self, argv: list[str]) -> None:
         import os
@@ -494,6 +492,9 @@ def _shared_plan(config: Config, dist: DistContext) -> RunPlan:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     trainer = None
+    # Subnormal activations of a freshly initialised network slow CPU convolutions several-fold; the
+    # processor flag is process-wide, so it is switched back off when training returns.
+    torch.set_flush_denormal(True)
     try:
         config = parse_config(argv)
         dist, device = init_distributed(config.cuda_device)
@@ -515,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         _record_end(trainer, "failed", f"{type(error).__name__}: {error}")
         raise
     finally:
+        torch.set_flush_denormal(False)
         if trainer is not None:
             trainer.preemption.uninstall()
             shutdown(trainer.dist)
