@@ -89,6 +89,20 @@ def test_engines_and_tensor_inputs_agree():
         }
 
 
+def test_cpu_engine_on_class_sorted_data_agrees_with_faiss():
+    """Default blocks: a sample phase and several spans; the dataset stored class after class."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(250), 8)
+    x = (rng.standard_normal((250, 12))[labels] + 0.7 * rng.standard_normal((2000, 12))).astype(np.float32)
+    reference = evaluate_retrieval(x, labels, recall_ks=(1, 10, 100), with_nmi=False, backend="faiss-flat")
+    result = evaluate_retrieval(x, labels, recall_ks=(1, 10, 100), with_nmi=False, backend="auto")
+    assert result["knn_method"] == "blocked sgemm (symmetric) (cpu)"
+    assert {k: v for k, v in result.items() if k != "knn_method"} == {
+        k: v for k, v in reference.items() if k != "knn_method"
+    }
+    assert 0.3 < result["R@1"] < 1
+
+
 def test_nmi_uses_query_and_gallery_points_only(monkeypatch):
     seen = {}
 

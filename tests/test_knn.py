@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
+import lib.knn as knn
 from lib.errors import ConfigError
 from lib.knn import knn_search
 
@@ -108,6 +110,8 @@ def test_invalid_requests_raise():
         knn_search(np.full((2, 2), np.nan, dtype=np.float32), x, 1)
     with pytest.raises(ValueError, match="dimension"):
         knn_search(np.zeros((2, 3), dtype=np.float32), x, 1)
+    with pytest.raises(ValueError, match="huge"):
+        knn_search(np.full((2, 2), 1e20, dtype=np.float32), x, 1)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
@@ -115,3 +119,73 @@ def test_faiss_gpu_without_a_gpu_says_how_to_fix_it():
     x = np.zeros((5, 2), dtype=np.float32)
     with pytest.raises(ConfigError, match="--backend faiss"):
         knn_search(x, x, 1, backend="faiss-gpu")
+
+
+def clustered_sorted_by_class(rng: np.random.Generator, n_classes: int, per_class: int, dim: int) -> np.ndarray:
+    """Tight clusters stored class after class, as datasets often are, with exact duplicates inside."""
+    centres = rng.standard_normal((n_classes, dim)) * 3
+    x = np.repeat(centres, per_class, axis=0) + 0.3 * rng.standard_normal((n_classes * per_class, dim))
+    x[1::7] = x[::7][: len(x[1::7])]  # a duplicate next to every 7th point
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 48])
+def test_cpu_engine_on_class_sorted_data_matches_oracle(chunk_size):
+    rng = np.random.default_rng(5)
+    x = clustered_sorted_by_class(rng, 30, 11, 6)
+    _, indices, method = knn_search(x, x, 15, exclude_self=True, chunk_size=chunk_size)
+    assert method == "blocked sgemm (symmetric) (cpu)"
+    np.testing.assert_array_equal(indices, oracle(x, x, 15, exclude_self=True))
+    queries = x[::5] + 0.01
+    _, indices, method = knn_search(queries, x, 9, chunk_size=chunk_size)
+    assert method == "blocked sgemm (cpu)"
+    np.testing.assert_array_equal(indices, oracle(queries, x, 9, exclude_self=False))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_rows_whose_limits_fall_short_are_recomputed_and_full_buffers_merge(monkeypatch, symmetric):
+    """Limits far too tight (every row falls short) and buffers of one pool (every offer merges): still exact."""
+    calls = {"exact_pools": 0, "merges": 0}
+    exact_pools, merge = knn._exact_pools, knn._Candidates._merge
+
+    def counting_exact_pools(*args):
+        calls["exact_pools"] += 1
+        return exact_pools(*args)
+
+    def counting_merge(self, *args):
+        calls["merges"] += 1
+        return merge(self, *args)
+
+    monkeypatch.setattr(knn, "_exact_pools", counting_exact_pools)
+    monkeypatch.setattr(knn._Candidates, "_merge", counting_merge)
+    monkeypatch.setattr(knn, "ADMIT_SPREAD", 0.01)
+    monkeypatch.setattr(knn, "ADMIT_MIN_RANK", 1)
+    monkeypatch.setattr(knn, "CAPACITY", 1)
+    rng = np.random.default_rng(6)
+    x = tie_heavy(rng, 260, 3)
+    queries = x if symmetric else x[:40] + 0.25
+    _, indices, _ = knn_search(queries, x, 10, exclude_self=symmetric, chunk_size=64)
+    np.testing.assert_array_equal(indices, oracle(queries, x, 10, exclude_self=symmetric))
+    assert calls["exact_pools"] > 0 and calls["merges"] > 0
+
+
+def test_one_worker_and_all_workers_agree():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    parallel = knn_search(x, x, 20, exclude_self=True, chunk_size=40)
+    with threadpool_limits(1, user_api="blas"):
+        serial = knn_search(x, x, 20, exclude_self=True, chunk_size=40)
+    np.testing.assert_array_equal(parallel[1], serial[1])
+    np.testing.assert_array_equal(parallel[0], serial[0])
+    np.testing.assert_array_equal(parallel[1], oracle(x, x, 20, exclude_self=True))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_rank_in_tiles_bounds_the_rank_th_smallest_from_above(axis):
+    rng = np.random.default_rng(8)
+    distances = rng.random((37, 301)).astype(np.float32)
+    distances = distances if axis == 1 else distances.T.copy()
+    bound = knn._rank_in_tiles(distances, rank=5, pool=6, axis=axis)
+    exact = np.sort(distances, axis=axis).take(4, axis=axis)
+    assert bound.shape == exact.shape and (bound >= exact).all()
+    assert ((distances <= np.expand_dims(bound, axis)).sum(axis) >= 5).all()
