@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 from lib.errors import CheckpointError, ConfigError
-from metriclearning.backbones import FrozenBatchNorm2d, build_backbone
+from metriclearning.backbones import FrozenBatchNorm2d, SmallMapConv2d, build_backbone
 from metriclearning.model import EmbeddingModel, check_init_method
 
 
@@ -283,3 +283,42 @@ def test_offline_download_message(monkeypatch):
     assert "--pretrained-weights PATH" in message
     assert "resnet18-f37072fd.pth" in message and "checkpoints" in message
     assert "Name or service not known" in message
+
+
+# (input shape, out channels, kernel, stride, padding, bias): tiny outputs take the unfold path, larger ones not
+SMALL_MAP_CASES = [
+    ((3, 8, 1, 1), 6, 3, 1, 1, False),  # ResNet layer4 at 32 px: 3x3 on a 1x1 map
+    ((3, 8, 2, 2), 6, 3, 2, 1, False),  # stride 2 into a 1x1 map
+    ((3, 8, 2, 2), 6, 1, 2, 0, True),  # the 1x1 downsample
+    ((2, 4, 4, 5), 3, 3, 1, 1, True),  # 20 positions: the regular convolution
+    ((2, 4, 4, 4), 3, (3, 1), 1, (1, 0), False),  # 16 positions, rectangular kernel
+    ((2, 3, 9, 7), 5, 7, 2, 3, False),  # the ResNet stem on a tiny input
+]
+
+
+@pytest.mark.parametrize("shape, out_channels, kernel, stride, padding, bias", SMALL_MAP_CASES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_small_map_convolution_equals_conv2d(shape, out_channels, kernel, stride, padding, bias, channels_last):
+    generator = torch.Generator().manual_seed(0)
+    reference = nn.Conv2d(shape[1], out_channels, kernel, stride=stride, padding=padding, bias=bias).double()
+    small = SmallMapConv2d.sharing(reference)
+    assert small.weight is reference.weight and list(small.state_dict()) == list(reference.state_dict())
+    x = torch.randn(shape, generator=generator, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    outputs = [conv(x) for conv in (reference, small)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(outputs[0].shape, generator=generator, dtype=torch.float64)
+    params = [x, reference.weight] + ([reference.bias] if bias else [])
+    grads = [torch.autograd.grad(out, params, upstream) for out in outputs]
+    for small_grad, reference_grad in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(small_grad, reference_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_backbone_convolutions_use_the_small_map_path_with_torchvision_keys():
+    features, _ = build_backbone("resnet18", pretrained=False, weights_path=None)
+    convolutions = [m for m in features.modules() if isinstance(m, nn.Conv2d)]
+    assert convolutions and all(type(m) is SmallMapConv2d for m in convolutions)
+    expected = torchvision.models.resnet18(norm_layer=FrozenBatchNorm2d).state_dict()
+    assert set(features.state_dict()) == {key for key in expected if not key.startswith("fc.")}
