@@ -451,6 +451,11 @@ def _check_arrays(data: dict[str, np.ndarray], path: Path) -> None:
         raise DatasetError(f"{path}: X must hold real numbers, got dtype {x.dtype}")
     if not np.isfinite(x).all():
         raise DatasetError(f"{path}: X contains NaN or infinite values; drop or fix those rows")
+    with np.errstate(over="ignore", invalid="ignore"):  # distances are computed in float32
+        x32 = x.astype(np.float32)
+        squared_norms = np.einsum("ij,ij->i", x32, x32)
+    if not np.isfinite(squared_norms).all():
+        raise DatasetError(f"{path}: X holds values too large for float32 distances; rescale or L2-normalise the rows")
     if labels.shape != (x.shape[0],):
         raise DatasetError(f"{path}: T must hold one label per row of X ({x.shape[0]}), got shape {labels.shape}")
     if labels.dtype.kind not in "iuUS":

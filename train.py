@@ -32,7 +32,7 @@ from experiment.run_setup import RunPlan, plan_run
 from lib.checkpoint import load_checkpoint, save_checkpoint
 from lib.dist import DistContext, any_rank, barrier, broadcast_object, init_distributed, shutdown
 from lib.env import environment_report
-from lib.errors import ConfigError, UserFacingError
+from lib.errors import CheckpointError, ConfigError, UserFacingError
 from lib.faiss_backend import describe_faiss
 from lib.preemption import PreemptionFlag
 from lib.runs import RunFolder, epoch_tag, setup_logger, stop_on_write_failure
@@ -66,7 +66,7 @@ class Trainer:
                 )
             raise SystemExit(0)
         self.run: RunFolder = plan.run
-        self.resume_state = plan.resume_state
+        self.resume_state, self.resume_source = plan.resume_state, plan.resume_source
         self.log = setup_logger(None, verbose=config.verbose)  # the log file joins once the folder exists
         if not dist.is_main:
             self.log.setLevel(logging.WARNING)  # under torchrun the console shows rank 0's progress once
@@ -417,13 +417,21 @@ class Trainer:
 
     def _restore(self, state: dict) -> tuple[int, EpochProgress | None]:
         """Continue exactly where the checkpoint stopped (METHOD.md §9.3)."""
-        self.model.load_state_dict(state["model"])
-        self.flags.load_state_dict(state["flags"])
-        if self.flags.full_embedding:
-            self.model.masks.freeze()
-            remove_mask_group(self.optimizer)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.criterion.load_state_dict(state["criterion"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.flags.load_state_dict(state["flags"])
+            if self.flags.full_embedding:
+                self.model.masks.freeze()
+                remove_mask_group(self.optimizer)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.criterion.load_state_dict(state["criterion"])
+        except (KeyError, RuntimeError, ValueError) as error:  # strict loads: missing, extra or reshaped entries
+            detail = " ".join(line.strip() for line in str(error).splitlines())
+            raise CheckpointError(
+                f"checkpoint {self.resume_source} does not fit the model and optimizer this command builds "
+                f"({type(error).__name__}: {detail[:500]}). It was altered or written by other code; resume from "
+                "another checkpoint with --resume FILE, or add --overwrite to start again."
+            ) from error
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         mid = state.get("mid_epoch")
