@@ -15,8 +15,9 @@ small, medium and large; a validation split too if the run has one), with NMI av
 seeds. --checkpoint is ``best`` (default; chosen on the test set unless the run used --val-ratio), ``last``, a
 file name inside the run's checkpoints/ (``ep0040``), or a path to a checkpoint file. The results are printed as
 one table per run and written next to the checkpoint (``checkpoints/best.eval.json``). --dataset-dir,
---num-workers and --eval-batch-size replace the recorded values (data often moves between machines). The model
-runs on the first visible GPU if there is one (pick it with CUDA_VISIBLE_DEVICES), else on the CPU.
+--num-workers and --eval-batch-size replace the recorded values (data often moves between machines). A folder
+named only by a run's records is never written to: glyphs are cached only in a folder given with --dataset-dir.
+The model runs on the first visible GPU if there is one (pick it with CUDA_VISIBLE_DEVICES), else on the CPU.
 
 --json prints the results instead of tables: a single JSON object when PATH holds one run, a JSON list of
 objects (in path order) when it holds several. A run that cannot be evaluated (missing or corrupt checkpoint,
@@ -45,6 +46,7 @@ import json
 import os
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +69,10 @@ EXIT_BAD_INPUT = 2
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 SUMMARY_KEYS = ("NMI", "MAP@R", "mARP")
+# What numpy and zipfile raise on damaged or crafted archives: bad headers, truncated or corrupt (compressed)
+# members, CRC mismatches, encrypted members or unknown compression methods (RuntimeError, NotImplementedError),
+# and headers that declare arrays too large to allocate.
+_UNREADABLE_NPZ = (OSError, ValueError, EOFError, MemoryError, RuntimeError, zipfile.BadZipFile, zlib.error)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,7 +216,7 @@ def evaluate_run(run_dir: Path, options: EvalOptions, device: torch.device) -> R
             f"the weights of {checkpoint_path} do not fit the model described by {run_dir / CONFIG_FILE} "
             f"({' '.join(str(error).split())[:300]})"
         ) from error
-    data = _load_data(config)
+    data = _load_data(config, glyphs_cache=options.dataset_dir is not None)
     for warning in data.warnings:
         print(f"{run_dir.resolve().name}: warning: {warning}", file=sys.stderr)
     embedder = Embedder(model, config, device, DistContext())
@@ -304,9 +310,10 @@ def _check_state(state: dict, path: Path, record: dict) -> int:
     return n_masks
 
 
-def _load_data(config: Config):
+def _load_data(config: Config, *, glyphs_cache: bool):
+    """``glyphs_cache``: whether glyphs may be cached in ``dataset_dir``; a recorded folder is only ever read."""
     try:
-        return build_data(config, all_vid_lists=True)
+        return build_data(config, all_vid_lists=True, glyphs_cache=glyphs_cache)
     except DatasetError as error:
         raise DatasetError(f"{error} (if the data moved, pass --dataset-dir DIR)") from error
 
@@ -427,7 +434,7 @@ def load_embeddings(path: Path) -> dict[str, np.ndarray]:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError as error:
         raise DatasetError(f"{path}: no such file") from error
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except _UNREADABLE_NPZ as error:
         raise DatasetError(f"{path} is not a readable .npz file ({error}); save it with numpy.savez") from error
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DatasetError(f"{path} holds a single array, not an .npz archive; save X and T with numpy.savez")
@@ -437,7 +444,7 @@ def load_embeddings(path: Path) -> dict[str, np.ndarray]:
             raise DatasetError(f"{path} lacks {' and '.join(missing)}; it needs X (N x D embeddings) and T (N labels)")
         try:
             data = {key: archive[key] for key in ("X", "T", "is_query", "is_gallery") if key in archive.files}
-        except (ValueError, OSError, zipfile.BadZipFile) as error:  # object arrays need pickle; truncated data
+        except _UNREADABLE_NPZ as error:  # object arrays need pickle; truncated or corrupt data
             raise DatasetError(f"{path}: cannot read its arrays ({error}); store plain numeric arrays") from error
     _check_arrays(data, path)
     return data

@@ -31,10 +31,12 @@ def parse_dataset(
     glyphs_classes: int = 0,
     glyphs_renders: int = 2,
     glyphs_size: int = 32,
+    glyphs_cache: bool = True,
 ) -> LoadedDataset:
     """The whole dataset as its annotations describe it: layout errors raise, count mismatches warn.
 
-    Image files are not looked at; ``load_dataset`` and ``python -m dataset.verify`` do that.
+    Image files are not looked at; ``load_dataset`` and ``python -m dataset.verify`` do that. ``glyphs_cache``
+    False keeps generated glyphs out of ``dataset_dir`` (a folder named by a record, not by the user).
     """
     if name not in DATASET_NAMES:
         raise ConfigError(f"unknown --dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}.")
@@ -45,7 +47,7 @@ def parse_dataset(
     if name == "glyphs":
         from dataset.glyphs import load_glyphs  # renders fonts with matplotlib: imported only when needed
 
-        cache_dir = str(dataset_dir) if os.path.isdir(dataset_dir) else None
+        cache_dir = str(dataset_dir) if glyphs_cache and os.path.isdir(dataset_dir) else None
         return load_glyphs(n_classes=glyphs_classes, renders=glyphs_renders, size=glyphs_size, cache_dir=cache_dir)
     return PARSERS[name](dataset_dir)
 
@@ -59,6 +61,7 @@ def load_dataset(
     glyphs_classes: int = 0,
     glyphs_renders: int = 2,
     glyphs_size: int = 32,
+    glyphs_cache: bool = True,
     check_images: bool = False,
 ) -> LoadedDataset:
     """Parse, keep the ``--ratio-classes`` subset, and make sure every kept image exists.
@@ -73,6 +76,7 @@ def load_dataset(
         glyphs_classes=glyphs_classes,
         glyphs_renders=glyphs_renders,
         glyphs_size=glyphs_size,
+        glyphs_cache=glyphs_cache,
     )
     dataset = apply_ratio_classes(dataset, ratio_classes)
     problems = find_file_problems(dataset, decode=check_images, workers=min(8, os.cpu_count() or 1))

@@ -35,7 +35,7 @@ class RunData:
     warnings: list[str]
 
 
-def build_data(config: Config, *, all_vid_lists: bool = False) -> RunData:
+def build_data(config: Config, *, all_vid_lists: bool = False, glyphs_cache: bool = True) -> RunData:
     dataset = load_dataset(
         config.dataset,
         config.dataset_dir,
@@ -44,6 +44,7 @@ def build_data(config: Config, *, all_vid_lists: bool = False) -> RunData:
         glyphs_classes=config.glyphs_classes,
         glyphs_renders=config.glyphs_renders,
         glyphs_size=config.glyphs_size,
+        glyphs_cache=glyphs_cache,
     )
     train, val = dataset.splits["train"], None
     if config.val_ratio > 0:

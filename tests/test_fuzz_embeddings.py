@@ -33,8 +33,6 @@ MAX_N, MAX_D = 40, 8
 ARRAY_KEYS = ("X", "T", "is_query", "is_gallery")
 HUGE_X32 = np.array([[3e38, 0.0], [-3e38, 0.0], [0.0, 1.0]], dtype=np.float32)  # finite; squares overflow
 HUGE_X64 = np.array([[1e300, 0.0], [-1e300, 0.0], [0.0, 1.0]])  # finite, but not in float32
-
-
 MARKER = {"path": None}  # where a detonation leaves its mark; set afresh for every example
 
 
@@ -83,7 +81,7 @@ def any_array(shape=SHAPES) -> st.SearchStrategy[np.ndarray]:
 def plausible_arrays(draw) -> dict[str, np.ndarray]:
     """X and T of one N, few or many classes, sometimes query/gallery masks: mostly valid, often at an edge."""
     n, d = draw(st.integers(1, MAX_N)), draw(st.integers(1, MAX_D))
-    finite = st.floats(-10, 10, width=32)
+    finite = st.floats(-10, 10, width=16)  # representable in every float dtype
     x_dtype = draw(st.sampled_from(["float16", "float32", "float64", "int8", "uint8"]))
     extreme = draw(st.integers(0, 3)) == 0  # NaN, inf and the dtype's extremes in a quarter of the files
     x_elements = None if extreme or not x_dtype.startswith("float") else finite
@@ -134,6 +132,32 @@ def archive_bytes(arrays: dict[str, np.ndarray], compressed: bool) -> bytes:
 def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def corrupt_deflate_archive() -> bytes:
+    """A compressed archive whose X member's deflate stream is broken right after its name: zlib.error."""
+    valid = archive_bytes({"X": np.zeros((6, 3), np.float32), "T": np.arange(6)}, compressed=True)
+    position = valid.index(b"X.npy") + len(b"X.npy")
+    return valid[:position] + b"\xff" + valid[position + 1 :]
+
+
+def with_central_field(offset: int, value: bytes) -> bytes:
+    """A valid archive whose first central directory entry has ``value`` at ``offset`` (6: version, 8: flags,
+    10: compression method)."""
+    valid = archive_bytes({"X": np.zeros((6, 3), np.float32), "T": np.arange(6)}, compressed=False)
+    at = valid.index(b"PK\x01\x02") + offset
+    return valid[:at] + value + valid[at + len(value) :]
+
+
+def header_only_archive(shape: tuple[int, ...]) -> bytes:
+    """An archive whose X.npy declares ``shape`` but holds 16 bytes: a huge shape fails to allocate."""
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("X.npy", member.getvalue() + bytes(16))
+        archive.writestr("T.npy", npy_bytes(np.arange(shape[0] if shape[0] < 100 else 2)))
     return buffer.getvalue()
 
 
@@ -197,7 +221,7 @@ def evaluate_file(capsys, contents: bytes, as_json: bool) -> tuple[int, str, str
         path.write_bytes(contents)
         code = main(["--embeddings", str(path), "--nmi-runs", "1", *(["--json"] if as_json else [])])
         captured = capsys.readouterr()
-        event(f"exit {code}: {' '.join(captured.err.replace(str(path), 'FILE').split()[:5])}")  # for --hypothesis-show-statistics
+        event(f"exit {code}: {' '.join(captured.err.replace(str(path), 'FILE').split()[:5])}")  # see the statistics
         detonated = MARKER["path"].exists()
     return code, captured.out, captured.err, detonated
 
@@ -228,12 +252,19 @@ def test_any_archive_gives_metrics_or_one_message(capsys, arrays, compressed, as
 @given(contents=damaged_files(), as_json=st.booleans())
 @example(contents=pickle.dumps(PickleBomb()), as_json=True)
 @example(contents=npy_bytes(np.array([PickleBomb()], dtype=object)), as_json=False)
+@example(contents=corrupt_deflate_archive(), as_json=True)
+@example(contents=with_central_field(6, b"\x54\x00"), as_json=True)  # needs zip version 8.4
+@example(contents=with_central_field(8, b"\x01\x00"), as_json=True)  # encrypted
+@example(contents=with_central_field(10, b"\x63\x00"), as_json=True)  # unknown compression method
+@example(contents=header_only_archive((2**40, 8)), as_json=True)  # 32 TiB
+@example(contents=header_only_archive((6, 3)), as_json=False)  # the data ends early
 def test_damaged_files_give_one_message(capsys, contents, as_json):
     code, out, err, detonated = evaluate_file(capsys, contents, as_json)
     assert not detonated
     if code == 0:  # a damage that happened to leave a valid archive: the archive's own arrays decide
         with zipfile.ZipFile(io.BytesIO(contents)) as archive:
-            arrays = {name[: -len(".npy")]: np.load(archive.open(name)) for name in archive.namelist()}
+            names = [name for name in archive.namelist() if name.endswith(".npy")]
+            arrays = {name[: -len(".npy")]: np.load(archive.open(name)) for name in names}
         check_outcome(code, out, err, as_json, arrays)
     else:
         check_outcome(code, out, err, as_json, None)

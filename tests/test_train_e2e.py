@@ -221,3 +221,23 @@ def test_one_epoch_on_every_dataset_layout(name, k, layouts, tmp_path, monkeypat
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     config = json.loads((run / "config.json").read_text())
     assert config["dataset"] == name and config["derived"]["k_final"] == k
+
+
+def test_a_few_epochs_of_the_full_method_beat_the_untrained_model(tmp_path, monkeypatch):
+    """Learning, not only running: 3 epochs (K = 1, 2, then the conquer stage) on 50 glyph classes raise
+    Recall@1 on 50 unseen classes well above the untrained model's (measured: 0.559 -> 0.696)."""
+    args = [
+        "--experiment", "margin_loss_resnet50", "--dataset", "glyphs", "--glyphs-classes", "100",
+        "--glyphs-renders", "2", "--sz-resize", "32", "--sz-crop", "32", "--arch", "resnet18", "--pretrained", "0",
+        "--sz-embedding", "64", "--batch-size", "32", "--num-samples-per-class", "4", "--num-workers", "0",
+        "--base-lr", "1e-3", "--sampler", "distanceweighted", "--backend", "faiss", "--nb-epochs", "3",
+        "--nb-clusters", "2", "--mod-epoch", "1", "--force-full-embedding-epoch", "2", "--mask-lr-mult", "10",
+        "--mod-epoch-freeze", "0", "-i", "learn",
+    ]  # fmt: skip
+    assert run_main(args, tmp_path, monkeypatch) == 0
+    [run] = run_folders(tmp_path)
+    records = epochs_of(run)
+    assert [r["K"] for r in records] == [1, 1, 2, 2]
+    assert records[-1]["full_embedding"] is True
+    untrained, final = records[0]["R@1"], records[-1]["R@1"]
+    assert final >= untrained + 0.08, (untrained, final)
