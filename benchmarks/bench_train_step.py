@@ -43,7 +43,7 @@ from experiment.epoch import EpochProgress, StepSetup, train_one_epoch  # noqa: 
 from lib.seeding import torch_generator  # noqa: E402
 from metriclearning.criteria import build_criterion  # noqa: E402
 from metriclearning.model import EmbeddingModel  # noqa: E402
-from metriclearning.optim import OptimSettings, build_optimizer  # noqa: E402
+from metriclearning.optim import OptimSettings, build_optimizer, fused_supported  # noqa: E402
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16}
 # The SOP preset's optimisation settings (METHOD.md §2.5): they decide the parameter groups of the full step.
@@ -121,7 +121,9 @@ def full_block(setup: StepSetup, images: torch.Tensor, args: argparse.Namespace)
 def bare_block(model: EmbeddingModel, images: torch.Tensor, args: argparse.Namespace) -> Callable[[int], None]:
     """``run(n)`` takes n plain steps: forward to the embedding layer, a trivial loss, backward, Adam."""
     params = [*model.backbone.parameters(), *model.embedding.parameters()]
-    optimizer = torch.optim.Adam(params, lr=SOP_OPTIM.base_lr, weight_decay=SOP_OPTIM.weight_decay)
+    optimizer = torch.optim.Adam(
+        params, lr=SOP_OPTIM.base_lr, weight_decay=SOP_OPTIM.weight_decay, fused=fused_supported(params)
+    )
     amp_dtype = AMP_DTYPES[args.amp]
 
     def run(steps: int) -> None:

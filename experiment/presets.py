@@ -40,6 +40,8 @@ QUICKSTART_TUNED = {
     "--nb-epochs": "6",
     "--force-full-embedding-epoch": "5",
     "--base-lr": "1e-3",
+    "--lr-step": "4",  # the last two epochs (K = 4, then the conquer stage) at 0.3x the learning rates
+    "--lr-gamma": "0.3",
     "--emb-lr-mult": "1",
     "--mask-lr-mult": "10",
     "--masking-lambda": "0.01",

@@ -9,6 +9,7 @@ from lib.errors import CheckpointError, ConfigError
 from lib.runs import RunFolder, move_aside, read_epoch_records
 
 LOG_ROOT = Path("log")
+RESUME_ENTRIES = ("config_hash", "epoch", "model", "optimizer", "criterion", "clusters", "flags", "rng", "record")
 FALLBACK_HINT = " Pass --resume-fallback to continue from the newest good checkpoint, or --overwrite to start again."
 
 
@@ -92,6 +93,15 @@ def load_with_fallback(run: RunFolder, first: Path, config: Config, *, fallback:
 
 def _load_matching(path: Path, config: Config) -> dict:
     state = load_checkpoint(path, hint=FALLBACK_HINT)
+    missing = [entry for entry in RESUME_ENTRIES if entry not in state]
+    clusters = state.get("clusters")
+    if not missing and not (isinstance(clusters, dict) and type(clusters.get("k")) is int and clusters["k"] >= 1):
+        missing = ["clusters.k"]
+    if missing or type(state["epoch"]) is not int:
+        raise CheckpointError(
+            f"checkpoint {path} lacks what a resume needs ({', '.join(missing) or 'an integer epoch'}); it was "
+            f"altered or written by other code.{FALLBACK_HINT}"
+        )
     if state.get("config_hash") != config.hash():
         raise ConfigError(
             f"{path} was written by a run with different settings (config hash {state.get('config_hash')}, "

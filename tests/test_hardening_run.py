@@ -195,6 +195,30 @@ def test_checkpoint_that_does_not_fit_the_model_is_refused_naming_the_file(
     assert _status(run)["state"] == "failed"
 
 
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        (lambda state: state.pop("clusters"), "clusters"),
+        (lambda state: state["clusters"].update(k="4"), "clusters.k"),
+        (lambda state: state.update(epoch=0.5), "integer epoch"),
+    ],
+    ids=["no-clusters", "text-k", "float-epoch"],
+)
+def test_checkpoint_missing_resume_entries_is_refused_and_fallback_skips_it(
+    damage, named, extended, tmp_path, monkeypatch, capsys
+):
+    run = extended
+    last = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    damage(state)
+    save_checkpoint(last, state)
+    assert run_main(TWO_EPOCHS, tmp_path, monkeypatch) == 2
+    message = _error_line(capsys)
+    assert str(last.relative_to(tmp_path)) in message and named in message and "--resume-fallback" in message
+    assert run_main(TWO_EPOCHS + ["--resume-fallback"], tmp_path, monkeypatch) == 0
+    assert [r["epoch"] for r in epochs_of(run)] == [-1, 0, 1]
+
+
 class _CreatesFileWhenUnpickled:
     def __init__(self, marker: Path):
         self.marker = marker

@@ -9,6 +9,7 @@ from metriclearning.model import EmbeddingModel
 from metriclearning.optim import (
     OptimSettings,
     build_optimizer,
+    fused_supported,
     remove_mask_group,
     replace_mask_group,
     scheduled_lr,
@@ -137,3 +138,23 @@ def test_remove_mask_group():
     remove_mask_group(optimizer)
     replace_mask_group(optimizer, list(model.masks.params), list(model.masks.params), [0, 1], lr=1.0)
     assert len(optimizer.param_groups) == 2
+
+
+def test_fused_adam_matches_the_multi_tensor_update():
+    """The fused kernel is used where it applies and takes the same steps as torch's default Adam."""
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(5, 3, generator=generator), torch.randn(7, generator=generator)]
+    grads = [[torch.randn(w.shape, generator=generator) for w in weights] for _ in range(3)]
+    results = []
+    for fused in (True, False):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        assert fused_supported(params)
+        optimizer = torch.optim.Adam(params, lr=1e-2, weight_decay=1e-4, fused=fused, foreach=None if fused else True)
+        for step_grads in grads:
+            for param, grad in zip(params, step_grads, strict=True):
+                param.grad = grad.clone()
+            optimizer.step()
+        results.append(params)
+    for fused_param, reference in zip(*results, strict=True):
+        torch.testing.assert_close(fused_param, reference, rtol=1e-6, atol=1e-7)
+    assert not fused_supported([torch.nn.Parameter(torch.zeros(2, device="meta"))])
