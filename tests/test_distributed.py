@@ -7,6 +7,7 @@ hold one half; ``--dropout 0`` makes the two equal up to reduction order (METHOD
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,12 +23,13 @@ from dataset.base import Split
 from dataset.loader import Batch, rank_share
 from experiment.build import Embedder
 from experiment.epoch import StepSetup, _DeviceSums, _train_step
+from lib.checkpoint import load_checkpoint
 from lib.dist import DistContext, init_distributed, shutdown
 from lib.seeding import torch_generator
 from metriclearning.criteria import build_criterion
 from metriclearning.model import EmbeddingModel
 from metriclearning.optim import OptimSettings, build_optimizer
-from tests.test_train_e2e import GLYPHS, epochs_of, run_folders
+from tests.test_train_e2e import GLYPHS, _final_state, _wait_for_epoch, epochs_of, run_folders
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 7
@@ -202,3 +204,36 @@ def test_torchrun_trains_writes_one_run_folder_and_resumes(tmp_path):
     assert status["state"] == "finished" and status["last_epoch"] == 1
     assert sorted(p.name for p in (run / "recluster").iterdir()) == ["e-001.npz", "e0000.npz", "e0001.npz"]
     assert (run / "log.txt").read_text().count("resuming after epoch 0") == 1
+
+
+def test_sigterm_under_torchrun_stops_every_rank_and_the_same_command_resumes_exactly(tmp_path):
+    """The scheduler's SIGTERM reaches torchrun, which passes it to both ranks: they stop after the same step,
+    rank 0 writes ``last`` (mid-epoch, unless the signal lands between two epochs) and status ``interrupted``,
+    and the same command finishes the run with the records and weights of an uninterrupted one."""
+    args = TORCHRUN_ARGS + ["--glyphs-classes", "24", "--nb-epochs", "3"]
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    reference.mkdir(), stopped.mkdir()
+    assert _torchrun(reference, args).returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    process = subprocess.Popen(
+        [*launcher, str(ROOT / "train.py"), *args], cwd=stopped, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for_epoch(stopped, 0, process)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=120)
+    [run] = run_folders(stopped)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and "SIGTERM" in status["message"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] >= 0  # written whole, loadable
+    assert not list(stopped.glob("log/*/*/checkpoints/*.tmp"))
+
+    assert _torchrun(stopped, args).returncode == 0
+    expected_records, expected_model = _final_state(reference)
+    records, model = _final_state(stopped)
+    assert records == expected_records
+    for key in model:
+        assert torch.equal(model[key], expected_model[key]), key
+    assert "resuming" in (run / "log.txt").read_text()
