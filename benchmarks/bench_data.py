@@ -14,9 +14,7 @@ machine information. The goal is ``default_vs_reference`` ≥ 1.5.
 """
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ import torchvision
 from PIL import Image
 from torchvision import transforms as T
 
+from benchmarks.report import emit, machine_info
 from dataset.base import load_rgb
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD, build_train_transform
 from lib.seeding import derive_seed, numpy_generator
@@ -87,22 +86,6 @@ def images_per_second(load: Callable[[str, int], torch.Tensor], paths: list[str]
     return len(paths) / (time.perf_counter() - start)
 
 
-def machine_info() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "opencv": cv2.__version__,
-        "pillow": PIL.__version__,
-        "albumentations": albumentations.__version__,
-        "threads": 1,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=200, help="number of synthetic JPEGs")
@@ -129,8 +112,11 @@ def main() -> None:
     result = {f"{name}_img_per_s": round(rate, 1) for name, rate in best.items()}
     result["default_vs_reference"] = round(best["default"] / best["reference"], 3)
     result.update(images=args.images, rounds=args.rounds, batch_size=args.batch_size, crop=CROP)
-    result["machine"] = machine_info()
-    print(json.dumps(result, indent=2))
+    result["machine"] = machine_info(
+        torchvision=torchvision.__version__, opencv=cv2.__version__, pillow=PIL.__version__,
+        albumentations=albumentations.__version__, threads=1,
+    )  # fmt: skip
+    emit(result)
 
 
 if __name__ == "__main__":

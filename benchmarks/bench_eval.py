@@ -15,7 +15,6 @@ mark, reset before each evaluation where Linux allows it. Prints one JSON object
 """
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -28,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import emit  # noqa: E402
 from lib.faiss_backend import import_faiss  # noqa: E402
 from metriclearning.evaluation import RECALL_KS, evaluate_retrieval  # noqa: E402
 
@@ -160,10 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1min_at_start": round(load_at_start, 2),
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
+    emit(result, args.output)
     return 0
 
 

@@ -12,7 +12,6 @@ Usage (from the repository root):
 """
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import emit  # noqa: E402
 from metriclearning.criteria import build_criterion  # noqa: E402
 from metriclearning.distances import miner_distance_matrix  # noqa: E402
 
@@ -115,10 +115,7 @@ def main() -> None:
     if torch.cuda.is_available():
         report["cuda"] = measure(torch.device("cuda"), args.repeats, args.warmup)
         report["cuda"]["name"] = torch.cuda.get_device_name()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,6 @@ Usage (from the repository root):
 """
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import emit, machine_info  # noqa: E402
 from dataset.base import ImageDataset, Split  # noqa: E402
 from dataset.loader import make_eval_loader  # noqa: E402
 from dataset.transforms import build_eval_transform  # noqa: E402
@@ -171,22 +169,6 @@ def time_recluster(features: np.ndarray, labels: np.ndarray, k: int, args: argpa
 
 
 # ---------------------------------------------------------------- report
-def machine_info(device: torch.device) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "faiss": describe_faiss(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def parse_ks(text: str) -> list[int]:
     try:
         ks = [int(part) for part in text.split(",") if part.strip()]
@@ -257,12 +239,9 @@ def main(argv: list[str] | None = None) -> None:
         "amp": args.amp,
         "channels_last": args.channels_last,
         "workers": args.workers,
-        "machine": machine_info(device),
+        "machine": machine_info(device, threads=torch.get_num_threads(), faiss=describe_faiss()),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

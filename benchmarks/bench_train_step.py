@@ -22,9 +22,6 @@ Usage (from the repository root):
 """
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +34,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import emit, machine_info  # noqa: E402
 from dataset.cluster_sampler import PlannedBatch  # noqa: E402
 from dataset.loader import Batch  # noqa: E402
 from experiment.epoch import EpochProgress, StepSetup, train_one_epoch  # noqa: E402
@@ -176,22 +174,6 @@ def measure(runs: dict[str, Callable[[int], None]], args: argparse.Namespace, de
     }
 
 
-def machine_info(device: torch.device) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet18", help="torchvision backbone (resnet50 for the GPU goal)")
@@ -248,12 +230,9 @@ def main(argv: list[str] | None = None) -> None:
         rounds=args.rounds,
         warmup=args.warmup,
         goal_overhead_pct=5.0,
-        machine=machine_info(device),
+        machine=machine_info(device, torchvision=torchvision.__version__),
     )
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
