@@ -62,8 +62,9 @@ from lib.checkpoint import load_checkpoint
 from lib.dist import DistContext
 from lib.errors import CheckpointError, ConfigError, DatasetError, UserFacingError
 from lib.knn import BACKENDS
+from lib.recall_ks import RECALL_KS
 from lib.runs import json_safe
-from metriclearning.evaluation import RECALL_KS, evaluate_retrieval
+from metriclearning.evaluation import evaluate_retrieval
 
 EXIT_BAD_INPUT = 2
 CONFIG_FILE = "config.json"

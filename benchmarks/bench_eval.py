@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import emit  # noqa: E402
 from lib.faiss_backend import import_faiss  # noqa: E402
-from metriclearning.evaluation import RECALL_KS, evaluate_retrieval  # noqa: E402
+from lib.recall_ks import RECALL_KS  # noqa: E402
+from metriclearning.evaluation import evaluate_retrieval  # noqa: E402
 
 NOISE = 2.1  # per-image noise norm relative to the unit class centre: R@1 about 0.8 at SOP size
 

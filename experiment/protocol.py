@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dataset.base import Split
-from metriclearning.evaluation import RECALL_KS, evaluate_retrieval
+from lib.recall_ks import RECALL_KS
+from metriclearning.evaluation import evaluate_retrieval
 
 NMI_AUTO_MAX_POINTS = 20_000
 

@@ -16,20 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from lib.errors import CheckpointError
+from lib.recall_ks import RECALL_KS
 from lib.runs import EPOCHS_FILE, STATES, STATUS_FILE, epoch_tag, read_epoch_records, read_json
 
 CONFIG_FILE = "config.json"
 RECLUSTER_DIR = "recluster"
-# The R@k list of each dataset (METHOD.md §8.3); kept here so that browsing needs neither torch nor faiss.
-RECALL_KS: dict[str, tuple[int, ...]] = {
-    "cub": (1, 2, 4, 8),
-    "cars": (1, 2, 4, 8),
-    "sop": (1, 10, 100),
-    "inshop": (1, 10, 20, 30, 50),
-    "vid": (1, 5),
-    "folder": (1, 2, 4, 8),
-    "glyphs": (1, 2, 4, 8),
-}
 SUMMARY_METRICS = ("NMI", "MAP@R", "mARP")
 RECLUSTER_ARRAYS = (
     "assignment",

@@ -12,18 +12,9 @@ import torch
 from torch import Tensor
 
 from lib.knn import knn_search
+from lib.recall_ks import RECALL_KS
 from metriclearning.metrics import map_at_r, nmi, recall_at_k
 
-RECALL_KS: dict[str, tuple[int, ...]] = {
-    "cub": (1, 2, 4, 8),
-    "cars": (1, 2, 4, 8),
-    "sop": (1, 10, 100),
-    "inshop": (1, 10, 20, 30, 50),
-    "vid": (1, 5),
-    "folder": (1, 2, 4, 8),
-    "glyphs": (1, 2, 4, 8),
-    "embeddings": (1, 2, 4, 8, 10, 100),
-}
 VID_LISTS = ("small", "medium", "large")  # METHOD.md §7.6; "large" is reported without a prefix
 
 

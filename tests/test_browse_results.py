@@ -6,6 +6,8 @@ import datetime as dt
 import io
 import json
 import pathlib
+import subprocess
+import sys
 import tempfile
 import zipfile
 import zlib
@@ -20,6 +22,8 @@ from lib.run_reader import RECALL_KS, select_best, summarise_run
 
 NOW = dt.datetime.now(dt.timezone.utc)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def iso(hours_ago: float = 0.0) -> str:
@@ -321,11 +325,14 @@ def test_plot_of_several_runs_draws_one_curve_each(tmp_path):
     assert [list(line.get_xdata()) for line in axes.lines] == [[-1, 0, 1], [0, 1]]
 
 
-def test_recall_table_matches_the_evaluation_module():
+def test_recall_table_is_the_evaluation_modules_and_browsing_imports_neither_torch_nor_faiss():
     from metriclearning import evaluation
 
-    # run_reader keeps its own copy so that browsing never imports torch; the datasets must agree.
+    # one table (lib/recall_ks.py) for evaluating and browsing, in a module light enough for browsing
     assert {name: tuple(evaluation.RECALL_KS[name]) for name in RECALL_KS} == RECALL_KS
+    probe = "import sys, lib.run_reader; print(sorted({'torch', 'faiss'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------- random damage
