@@ -93,14 +93,17 @@ def load_with_fallback(run: RunFolder, first: Path, config: Config, *, fallback:
 
 def _load_matching(path: Path, config: Config) -> dict:
     state = load_checkpoint(path, hint=FALLBACK_HINT)
-    missing = [entry for entry in RESUME_ENTRIES if entry not in state]
-    clusters = state.get("clusters")
-    if not missing and not (isinstance(clusters, dict) and type(clusters.get("k")) is int and clusters["k"] >= 1):
-        missing = ["clusters.k"]
-    if missing or type(state["epoch"]) is not int:
+    problems = [entry for entry in RESUME_ENTRIES if entry not in state]
+    if not problems:
+        clusters = state["clusters"]
+        if not (isinstance(clusters, dict) and type(clusters.get("k")) is int and clusters["k"] >= 1):
+            problems.append("a positive integer clusters.k")
+        if type(state["epoch"]) is not int:
+            problems.append("an integer epoch")
+    if problems:
         raise CheckpointError(
-            f"checkpoint {path} lacks what a resume needs ({', '.join(missing) or 'an integer epoch'}); it was "
-            f"altered or written by other code.{FALLBACK_HINT}"
+            f"checkpoint {path} lacks what a resume needs ({', '.join(problems)}); it was altered or written by "
+            f"other code.{FALLBACK_HINT}"
         )
     if state.get("config_hash") != config.hash():
         raise ConfigError(

@@ -43,9 +43,8 @@ class SmallMapConv2d(nn.Conv2d):
     """
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dim() != 4 or self.groups != 1 or self.padding_mode != "zeros":
-            return super()._conv_forward(x, weight, bias)
-        if isinstance(self.padding, str):
+        regular = x.device.type != "cpu" or x.dim() != 4 or self.groups != 1 or self.padding_mode != "zeros"
+        if regular or isinstance(self.padding, str):  # "same"/"valid" padding: no positions to compute here
             return super()._conv_forward(x, weight, bias)
         out_height, out_width = (
             (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
