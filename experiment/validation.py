@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING
 
 from lib.errors import ConfigError, DatasetError
-from lib.faiss_backend import faiss_gpu_count
+from lib.faiss_backend import GPU_BUILDS, faiss_gpu_count
 
 if TYPE_CHECKING:
     from experiment.config import Config
@@ -228,7 +228,8 @@ def _device_errors(config: Config, cuda_available: bool | None) -> list[str]:
         elif faiss_gpu_count() == 0:
             errors.append(
                 f"--backend faiss-gpu{origin} needs a GPU build of faiss, but the installed faiss has no GPU "
-                "support; install one matching your CUDA (e.g. faiss-gpu-cu12) or add --backend faiss."
+                f"support; uninstall faiss-cpu and install one matching your CUDA ({GPU_BUILDS}), "
+                "or add --backend faiss."
             )
     if config.amp == "fp16" and not _cuda(cuda_available):
         errors.append("--amp fp16 needs CUDA, and none is available; use --amp bf16 or --amp off.")

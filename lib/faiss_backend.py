@@ -1,16 +1,18 @@
 """Lazy access to faiss, so that importing the project never requires it and the log can say which build runs.
 
 faiss-cpu comes from requirements.txt. On GPU machines install a GPU build that matches the CUDA version
-(e.g. ``faiss-gpu-cu12``); ``--backend faiss-gpu`` then runs k-means and kNN on the GPU.
+(``GPU_BUILDS``); ``--backend faiss-gpu`` then runs k-means and kNN on the GPU.
 """
 
 import functools
 
 from lib.errors import ConfigError
 
+# PyPI's GPU builds: faiss-gpu-cu12 (faiss' own, CUDA 12) and faiss-cuda (a third-party build for CUDA 13)
+GPU_BUILDS = "`pip install faiss-gpu-cu12` for CUDA 12, `pip install faiss-cuda` for CUDA 13"
 FAISS_MISSING = (
     "faiss is not installed. Install faiss-cpu (`pip install faiss-cpu`), or on a GPU machine a GPU build that "
-    "matches your CUDA version (e.g. `pip install faiss-gpu-cu12`), or use `--backend torch+sklearn`."
+    f"matches your CUDA version ({GPU_BUILDS}), or use `--backend torch+sklearn`."
 )
 
 
@@ -60,6 +62,5 @@ def require_faiss_gpu() -> None:
     if faiss_gpu_count() == 0:
         raise ConfigError(
             "--backend faiss-gpu needs a GPU build of faiss, but the installed faiss has no GPU support. "
-            "Install one matching your CUDA (e.g. `pip uninstall -y faiss-cpu && pip install faiss-gpu-cu12`) "
-            "or use --backend faiss."
+            f"Uninstall faiss-cpu and install one matching your CUDA ({GPU_BUILDS}), or use --backend faiss."
         )
