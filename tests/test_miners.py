@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import stats
-from torch.overrides import TorchFunctionMode
 
 from lib.errors import ConfigError
 from metriclearning.criteria import build_criterion
@@ -22,6 +21,7 @@ from metriclearning.miners import (
     distance_weighted_q,
     distance_weighted_weights,
 )
+from tests.host_sync_spy import HostReadSpy, same_storage
 
 
 @pytest.fixture(autouse=True)
@@ -337,34 +337,9 @@ def test_build_miner_names():
         build_miner("semihard", margin=0.2)
 
 
-_SYNCING = {
-    torch.Tensor.item, torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.tolist, torch.Tensor.nonzero,
-    torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__,
-}  # fmt: skip
-
-
-class _HostReadSpy(TorchFunctionMode):
-    """Records every call that would make the host wait for the device, except reads of the host labels."""
-
-    def __init__(self, host_labels: torch.Tensor):
-        super().__init__()
-        self.labels_pointer = host_labels.untyped_storage().data_ptr()
-        self.calls: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in _SYNCING:
-            subject = args[0] if args else None
-            on_labels = (
-                isinstance(subject, torch.Tensor) and subject.untyped_storage().data_ptr() == self.labels_pointer
-            )
-            if not on_labels:
-                self.calls.append(func.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 def test_host_read_spy_sees_a_synchronising_call():
     labels = torch.arange(4)
-    with _HostReadSpy(labels) as spy:
+    with HostReadSpy(same_storage(labels)) as spy:
         labels.cpu(), bool(torch.ones(1) > 0), torch.ones(2).sum().item()
     assert spy.calls == ["__bool__", "item"]
 
@@ -380,7 +355,7 @@ def test_mining_and_loss_never_read_device_values_on_the_host(sampler):
     generator = torch.Generator().manual_seed(0)
     embeddings = F.normalize(torch.randn(24, 16, generator=generator), dim=1).requires_grad_(True)
     labels = torch.from_numpy(np.repeat(np.arange(6), [2, 3, 4, 5, 6, 4]))  # uneven classes: every branch
-    with _HostReadSpy(labels) as spy:
+    with HostReadSpy(same_storage(labels)) as spy:
         criterion(embeddings, labels, generator).backward()
     assert spy.calls == []
     assert embeddings.grad is not None and torch.isfinite(embeddings.grad).all()
