@@ -43,7 +43,6 @@ object with fractions in [0, 1]. A malformed file gets one message and exit stat
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import zipfile
 import zlib
@@ -63,6 +62,7 @@ from lib.dist import DistContext
 from lib.errors import CheckpointError, ConfigError, DatasetError, UserFacingError
 from lib.knn import BACKENDS
 from lib.recall_ks import RECALL_KS
+from lib.run_folders import find_run_folders
 from lib.runs import json_safe
 from metriclearning.evaluation import evaluate_retrieval
 
@@ -147,20 +147,16 @@ class RunEvaluation:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """``root`` if it is a run folder, else every run folder below it (sorted); a run's subfolders hold none.
+    """``root`` if it is a run folder, else every run folder below it (sorted, links followed).
 
     A folder with checkpoints/ but no config.json counts, so that its missing config is reported.
     """
     if not root.is_dir():
         raise UserFacingError(f"{root} is not a folder; give a run folder or a folder of run folders")
-    found = []
-    for folder, subfolders, files in os.walk(root):
-        if CONFIG_FILE in files or CHECKPOINT_DIR in subfolders:
-            found.append(Path(folder))
-            subfolders[:] = []
+    found = find_run_folders(root, lambda subfolders, files: CONFIG_FILE in files or CHECKPOINT_DIR in subfolders)
     if not found:
         raise UserFacingError(f"no run folder (a folder holding {CONFIG_FILE} and {CHECKPOINT_DIR}/) under {root}")
-    return sorted(found)
+    return found
 
 
 def _evaluate_runs(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ found in a run folder is ever unpickled, and nothing is written.
 
 import datetime as dt
 import math
-import os
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 
 from lib.errors import CheckpointError
 from lib.recall_ks import RECALL_KS
+from lib.run_folders import find_run_folders
 from lib.runs import EPOCHS_FILE, STATES, STATUS_FILE, epoch_tag, read_epoch_records, read_json
 
 CONFIG_FILE = "config.json"
@@ -60,15 +60,8 @@ class RunSummary:
 
 
 def find_run_dirs(root: Path) -> list[Path]:
-    """Folders under ``root`` (``root`` included) that hold ``config.json`` or ``epochs.jsonl``, sorted."""
-    found = []
-    for folder, subfolders, files in os.walk(root):
-        if CONFIG_FILE in files or EPOCHS_FILE in files:
-            found.append(Path(folder))
-            subfolders[:] = []  # a run folder's own subfolders (checkpoints, recluster) hold no runs
-        else:
-            subfolders.sort()
-    return sorted(found)
+    """Folders under ``root`` (``root`` included, links followed) that hold ``config.json`` or ``epochs.jsonl``."""
+    return find_run_folders(root, lambda subfolders, files: CONFIG_FILE in files or EPOCHS_FILE in files)
 
 
 def as_number(value) -> float | None:

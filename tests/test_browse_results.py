@@ -280,6 +280,15 @@ def test_log_dir_may_be_a_run_folder(tmp_path):
     assert [row["name"] for row in csv_rows(run, tmp_path)] == ["cub-1-e64-K2-s0-abcdef12"]
 
 
+def test_runs_behind_links_are_listed_once_and_a_link_loop_ends(tmp_path):
+    logs = tmp_path / "logs"
+    write_run(logs, "cub-a")
+    (logs / "cub-b").symlink_to(write_run(tmp_path / "scratch", "cub-b-real"), target_is_directory=True)
+    (logs / "cub-0-again").symlink_to(logs / "cub-a", target_is_directory=True)  # sorts before cub-a
+    (logs / "loop").symlink_to(logs, target_is_directory=True)
+    assert [row["name"] for row in csv_rows(logs, tmp_path)] == ["cub-a", "cub-b"]
+
+
 def test_missing_log_dir_is_one_line_and_exit_2(tmp_path):
     code, printed, err = run_main([str(tmp_path / "nope")])
     assert code == 2 and printed == "" and len(err.strip().splitlines()) == 1 and "nope" in err

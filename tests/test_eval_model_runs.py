@@ -13,7 +13,7 @@ import torch
 
 import train
 from dataset.base import Split
-from eval_model import format_run_table, main, main_set_embeddings
+from eval_model import find_runs, format_run_table, main, main_set_embeddings
 from experiment.protocol import EvalTask
 from lib.checkpoint import load_checkpoint, save_checkpoint
 
@@ -177,6 +177,16 @@ def test_path_without_runs_is_one_error(tmp_path, capsys):
     assert code == 2 and err.startswith("error: no run folder")
     code, _, err = evaluate(capsys, str(tmp_path / "absent"))
     assert code == 2 and "is not a folder" in err
+
+
+def test_runs_behind_links_are_found_once(tmp_path):
+    logs, scratch = tmp_path / "logs", tmp_path / "scratch"
+    (logs / "a" / "checkpoints").mkdir(parents=True)  # a run without config.json still counts (reported later)
+    (scratch / "b").mkdir(parents=True)
+    (scratch / "b" / "config.json").write_text("{}")
+    (logs / "b").symlink_to(scratch / "b", target_is_directory=True)
+    (logs / "loop").symlink_to(logs, target_is_directory=True)
+    assert find_runs(logs) == [logs / "a", logs / "b"]
 
 
 def test_query_gallery_embeddings_are_saved_in_the_embeddings_format():
