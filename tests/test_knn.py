@@ -1,11 +1,11 @@
-"""lib.knn against a naive float64 oracle: ties by index, self-exclusion, duplicates, engines and blocks agree."""
+"""lib.knn and its engines against a naive float64 oracle: ties by index, self-exclusion, duplicates, blocks."""
 
 import numpy as np
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-import lib.knn as knn
+import lib.knn_cpu as knn_cpu
 from lib.errors import ConfigError
 from lib.knn import knn_search
 
@@ -146,7 +146,7 @@ def test_cpu_engine_on_class_sorted_data_matches_oracle(chunk_size):
 def test_rows_whose_limits_fall_short_are_recomputed_and_full_buffers_merge(monkeypatch, symmetric):
     """Limits far too tight (every row falls short) and buffers of one pool (every offer merges): still exact."""
     calls = {"exact_pools": 0, "merges": 0}
-    exact_pools, merge = knn._exact_pools, knn._Candidates._merge
+    exact_pools, merge = knn_cpu._exact_pools, knn_cpu._Candidates._merge
 
     def counting_exact_pools(*args):
         calls["exact_pools"] += 1
@@ -156,11 +156,11 @@ def test_rows_whose_limits_fall_short_are_recomputed_and_full_buffers_merge(monk
         calls["merges"] += 1
         return merge(self, *args)
 
-    monkeypatch.setattr(knn, "_exact_pools", counting_exact_pools)
-    monkeypatch.setattr(knn._Candidates, "_merge", counting_merge)
-    monkeypatch.setattr(knn, "ADMIT_SPREAD", 0.01)
-    monkeypatch.setattr(knn, "ADMIT_MIN_RANK", 1)
-    monkeypatch.setattr(knn, "CAPACITY", 1)
+    monkeypatch.setattr(knn_cpu, "_exact_pools", counting_exact_pools)
+    monkeypatch.setattr(knn_cpu._Candidates, "_merge", counting_merge)
+    monkeypatch.setattr(knn_cpu, "ADMIT_SPREAD", 0.01)
+    monkeypatch.setattr(knn_cpu, "ADMIT_MIN_RANK", 1)
+    monkeypatch.setattr(knn_cpu, "CAPACITY", 1)
     rng = np.random.default_rng(6)
     x = tie_heavy(rng, 260, 3)
     queries = x if symmetric else x[:40] + 0.25
@@ -185,7 +185,7 @@ def test_rank_in_tiles_bounds_the_rank_th_smallest_from_above(axis):
     rng = np.random.default_rng(8)
     distances = rng.random((37, 301)).astype(np.float32)
     distances = distances if axis == 1 else distances.T.copy()
-    bound = knn._rank_in_tiles(distances, rank=5, pool=6, axis=axis)
+    bound = knn_cpu._rank_in_tiles(distances, rank=5, pool=6, axis=axis)
     exact = np.sort(distances, axis=axis).take(4, axis=axis)
     assert bound.shape == exact.shape and (bound >= exact).all()
     assert ((distances <= np.expand_dims(bound, axis)).sum(axis) >= 5).all()
