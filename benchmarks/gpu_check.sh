@@ -8,7 +8,8 @@
 #   loader      the real make_train_loader over that dataset, default train transform, one worker per core
 #   recluster   extraction and faiss-GPU k-means with retries and matching at SOP scale (bench_recluster.py)
 #   eval        benchmarks/bench_eval.py (SOP-scale kNN and metrics), if that file exists
-# Wheels in .whl/ (e.g. faiss-gpu, albumentations and their dependencies) are installed to /tmp/site first.
+#   cuda_tests  the cuda-marked tests (pytest -m cuda): sync-free training step, kNN engines, bf16/fp16 epochs
+# Wheels in .whl/ (benchmarks/fetch_gpu_wheels.sh downloads them) are installed to /tmp/site first.
 #
 # Usage (from anywhere):
 #   bash benchmarks/gpu_check.sh                       # on the GPU machine
@@ -154,6 +155,29 @@ if [ -f benchmarks/bench_eval.py ]; then
     step eval 90 "$PY" benchmarks/bench_eval.py "${EVAL_ARGS[@]}"
     STEPS="$STEPS eval"
 fi
+
+step cuda_tests 120 "$PY" - <<'EOF'
+"""The cuda-marked tests (tests/devices.py): pytest's output to stderr, a JSON summary to stdout."""
+import contextlib, json, sys
+import pytest
+
+class Outcomes:
+    def __init__(self):
+        self.by_test = {}
+
+    def pytest_runtest_logreport(self, report):
+        if report.when == "call" or report.outcome != "passed":
+            self.by_test[report.nodeid] = report.outcome
+
+outcomes = Outcomes()
+with contextlib.redirect_stdout(sys.stderr):
+    code = int(pytest.main(["-q", "-p", "no:cacheprovider", "-m", "cuda", "-rfs", "tests"], plugins=[outcomes]))
+counts = {state: sum(v == state for v in outcomes.by_test.values()) for state in ("passed", "failed", "skipped")}
+failed = sorted(name for name, state in outcomes.by_test.items() if state == "failed")
+print(json.dumps({"pytest_exit_code": code, **counts, "failed_tests": failed}))
+sys.exit(0 if code in (0, 5) and not failed else 1)
+EOF
+STEPS="$STEPS cuda_tests"
 
 # ------------------------------------------------------------------ report
 "$PY" - "$WORK" "$QUICK" "$LIMIT" "$(($(date +%s) - START))" ${STEPS} <<'EOF'

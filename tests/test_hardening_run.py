@@ -27,6 +27,7 @@ from metriclearning.criteria import build_criterion
 from metriclearning.losses import MarginLoss
 from metriclearning.masks import LearnerMasks
 from metriclearning.model import EmbeddingModel
+from tests.devices import on_cuda
 from tests.test_train_e2e import GLYPHS, epochs_of, run_folders, run_main
 
 ONE_EPOCH = GLYPHS + ["--nb-epochs", "1"]
@@ -240,24 +241,30 @@ def test_pickle_that_runs_code_is_refused_without_running_it(extended, tmp_path,
     assert marker.exists()
 
 
-# ---------------------------------------------------------------- mixed precision and memory format on the CPU
-def test_bf16_channels_last_epoch_finishes_with_finite_numbers(tmp_path, monkeypatch):
+# ---------------------------------------------------------------- mixed precision and memory format
+MIXED_PRECISION = [
+    ("cpu", "bf16"),
+    on_cuda("cuda", "bf16", name="cuda-bf16"),
+    on_cuda("cuda", "fp16", name="cuda-fp16"),
+]
+
+
+@pytest.mark.parametrize("device, amp", MIXED_PRECISION)
+def test_mixed_precision_channels_last_epoch_finishes_with_finite_numbers(device, amp, tmp_path, monkeypatch):
+    """One epoch with --amp and --channels-last; fp16 (CUDA only) also runs the gradient scaler."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     original_forward = EmbeddingModel.forward
     seen = []
 
     def recording_forward(self, images, learner_id=None):
         if self.training:
-            seen.append(
-                (
-                    images.is_contiguous(memory_format=torch.channels_last),
-                    torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16,
-                )
-            )
+            autocast = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == dtype
+            seen.append((images.device.type, images.is_contiguous(memory_format=torch.channels_last), autocast))
         return original_forward(self, images, learner_id)
 
     monkeypatch.setattr(EmbeddingModel, "forward", recording_forward)
-    assert run_main(ONE_EPOCH + ["--amp", "bf16", "--channels-last"], tmp_path, monkeypatch) == 0
-    assert seen and all(channels_last and bf16 for channels_last, bf16 in seen)
+    assert run_main(ONE_EPOCH + ["--amp", amp, "--channels-last"], tmp_path, monkeypatch) == 0
+    assert seen and all(entry == (device, True, True) for entry in seen)
     [run] = run_folders(tmp_path)
     record = epochs_of(run)[-1]
     assert record["epoch"] == 0 and record["n_batches"] - record["n_skipped"] > 0

@@ -8,8 +8,22 @@ from threadpoolctl import threadpool_limits
 import lib.knn_cpu as knn_cpu
 from lib.errors import ConfigError
 from lib.knn import knn_search
+from tests.devices import on_cuda, skip_without_faiss_gpu
 
-ENGINES = ("auto", "faiss-flat", "torch+sklearn")
+ENGINES = [
+    ("auto", "cpu"),
+    ("faiss-flat", "cpu"),
+    ("torch+sklearn", "cpu"),
+    on_cuda("auto", "cuda", name="auto-cuda"),
+    on_cuda("faiss-gpu", "cuda", name="faiss-gpu"),
+]
+
+
+def search(queries, gallery, k, *, backend: str, device: str, **options):
+    """knn_search with one of ENGINES; faiss-gpu cases skip where faiss has no GPU build."""
+    if backend == "faiss-gpu":
+        skip_without_faiss_gpu()
+    return knn_search(queries, gallery, k, backend=backend, device=device, **options)
 
 
 def oracle(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool) -> np.ndarray:
@@ -32,12 +46,12 @@ def tie_heavy(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("backend, device", ENGINES)
 @pytest.mark.parametrize("chunk_size", [None, 40])
-def test_self_retrieval_matches_oracle_with_ties(engine, chunk_size):
+def test_self_retrieval_matches_oracle_with_ties(backend, device, chunk_size):
     rng = np.random.default_rng(0)
     x = tie_heavy(rng, 230, 3)
-    distances, indices, _ = knn_search(x, x, 12, backend=engine, exclude_self=True, chunk_size=chunk_size)
+    distances, indices, _ = search(x, x, 12, backend=backend, device=device, exclude_self=True, chunk_size=chunk_size)
     expected = oracle(x, x, 12, exclude_self=True)
     np.testing.assert_array_equal(indices, expected)
     exact = ((x[:, None, :].astype(np.float64) - x[expected]) ** 2).sum(-1)
@@ -45,13 +59,13 @@ def test_self_retrieval_matches_oracle_with_ties(engine, chunk_size):
     assert distances.dtype == np.float32 and indices.dtype == np.int64
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("backend, device", ENGINES)
 @pytest.mark.parametrize("chunk_size", [None, 9])
-def test_query_gallery_matches_oracle_with_ties(engine, chunk_size):
+def test_query_gallery_matches_oracle_with_ties(backend, device, chunk_size):
     rng = np.random.default_rng(1)
     gallery = tie_heavy(rng, 150, 2)
     queries = np.concatenate([gallery[:4], np.round(rng.standard_normal((30, 2)) * 2) / 2]).astype(np.float32)
-    _, indices, _ = knn_search(queries, gallery, 20, backend=engine, chunk_size=chunk_size)
+    _, indices, _ = search(queries, gallery, 20, backend=backend, device=device, chunk_size=chunk_size)
     np.testing.assert_array_equal(indices, oracle(queries, gallery, 20, exclude_self=False))
 
 
@@ -87,15 +101,15 @@ def test_queries_as_first_rows_of_a_larger_gallery():
     assert "symmetric" not in method
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_near_ties_are_ordered_by_exact_distance(engine):
+@pytest.mark.parametrize("backend, device", ENGINES)
+def test_near_ties_are_ordered_by_exact_distance(backend, device):
     """Float32 rounding makes both distances ~0; the exact ones are 1e-8 (index 0) and 0 (index 1)."""
     rng = np.random.default_rng(4)
     query = np.full((1, 64), 1.0, dtype=np.float32)
     near = query.copy()
     near[0, 0] = np.float32(1.0001)
     gallery = np.concatenate([near, query, 5 + rng.standard_normal((20, 64))]).astype(np.float32)
-    distances, indices, _ = knn_search(query, gallery, 2, backend=engine)
+    distances, indices, _ = search(query, gallery, 2, backend=backend, device=device)
     np.testing.assert_array_equal(indices, [[1, 0]])
     assert distances[0, 0] == 0 and 0 < distances[0, 1] < 1e-7
 
@@ -114,7 +128,6 @@ def test_invalid_requests_raise():
         knn_search(np.full((2, 2), 1e20, dtype=np.float32), x, 1)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_faiss_gpu_without_a_gpu_says_how_to_fix_it():
     x = np.zeros((5, 2), dtype=np.float32)
     with pytest.raises(ConfigError, match="--backend faiss"):
