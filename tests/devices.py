@@ -9,6 +9,13 @@ NO_CUDA = "needs a CUDA device; benchmarks/gpu_check.sh runs the cuda-marked tes
 CUDA_MARKS = (pytest.mark.cuda, pytest.mark.skipif(not real_cuda_available(), reason=NO_CUDA))
 
 
+def cuda_only(test):
+    """Decorator: a test that runs only with a GPU."""
+    for mark in CUDA_MARKS:
+        test = mark(test)
+    return test
+
+
 def on_cuda(*values, name: str | None = None):
     """A parametrize case that runs only with a GPU."""
     return pytest.param(*values, marks=CUDA_MARKS, id=name)

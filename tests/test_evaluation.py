@@ -7,6 +7,7 @@ import torch
 import metriclearning.evaluation as evaluation
 from metriclearning.evaluation import evaluate_retrieval, evaluate_vid
 from metriclearning.metrics import nmi
+from tests.devices import cuda_only
 
 
 def points(*values: float) -> np.ndarray:
@@ -87,6 +88,20 @@ def test_engines_and_tensor_inputs_agree():
         assert {k: v for k, v in result.items() if k != "knn_method"} == {
             k: v for k, v in reference.items() if k != "knn_method"
         }
+
+
+@cuda_only
+def test_cuda_embeddings_and_the_cpu_give_the_same_metrics():
+    """Embeddings left on the GPU by the model: the neighbours are searched there, with the same results."""
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(150), 4)
+    x = (rng.standard_normal((150, 32))[labels] + 0.8 * rng.standard_normal((600, 32))).astype(np.float32)
+    reference = evaluate_retrieval(x, labels, recall_ks=(1, 10), with_nmi=True, backend="auto", device="cpu")
+    result = evaluate_retrieval(torch.from_numpy(x).cuda(), labels, recall_ks=(1, 10), with_nmi=True, backend="auto")
+    assert "cuda" in result["knn_method"] and "cpu" in reference["knn_method"]
+    assert {k: v for k, v in result.items() if k != "knn_method"} == {
+        k: v for k, v in reference.items() if k != "knn_method"
+    }
 
 
 def test_cpu_engine_on_class_sorted_data_agrees_with_faiss():
