@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
 # Download, into .whl/ (git-ignored), the wheels that benchmarks/gpu_check.sh installs on the lent GPU machine.
 #
-# That machine (Python 3.12, torch with CUDA 13, no network) lacks faiss and albumentations. The set is:
-# faiss-cpu, albumentations and the dependencies of both that its image does not hold, at the versions this
-# checkout's .venv resolved (the tested ones), or the newest where there is no .venv.
+# That machine (Python 3.12, torch with CUDA 13, no network) lacks faiss and albumentations. The set is
+# albumentations and the dependencies its image does not hold, at the versions this checkout's .venv resolved
+# (the tested ones; the newest where there is no .venv), and a faiss:
 #
-# Why faiss-cpu and not a faiss GPU build: PyPI has faiss GPU wheels for CUDA 12 only (faiss-gpu-cu12, 48 MB),
-# and they need the CUDA 12 cuBLAS wheel (several hundred MB), which the machine lacks and which exceeds what
-# a call may carry (64 MiB). The check then runs k-means with faiss on the CPU cores and kNN with the torch
-# engine on the GPU, and reports which backend it used.
+#   bash benchmarks/fetch_gpu_wheels.sh              faiss-cpu (19 MB): k-means on the CPU cores, kNN with torch
+#   bash benchmarks/fetch_gpu_wheels.sh --faiss-gpu  faiss-cuda 1.14.1.post4 (99 MB, CUDA 13, uses the CUDA
+#                                                    runtime and cuBLAS wheels the image has) for faiss on the GPU
 #
-# Usage: bash benchmarks/fetch_gpu_wheels.sh   (then carry ".whl" in the device run that calls gpu_check.sh)
+# A device call carries at most 64 MiB, so --faiss-gpu splits the faiss wheel in two: the first half goes to
+# .whl-first/, the rest with the other wheels to .whl/. Two calls, the second within the 30 s the machine stays
+# warm: one with carry [".whl-first"] and the command `true` (the folder stays there), then one with carry
+# [".whl"] running gpu_check.sh, which joins the halves and checks them against .whl/faiss-split.txt.
+# (faiss' own GPU wheels, faiss-gpu-cu12, are for CUDA 12 and need its cuBLAS wheel, several hundred MB.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(faiss-cpu albumentations albucore pydantic pydantic-core annotated-types typing-inspection stringzilla
+FAISS_GPU_WHEEL="faiss-cuda==1.14.1.post4"
+case "${1:-}" in
+    "") FAISS=(faiss-cpu) ;;
+    --faiss-gpu) FAISS=() ;;
+    *) echo "usage: bash benchmarks/fetch_gpu_wheels.sh [--faiss-gpu]" >&2; exit 2 ;;
+esac
+PACKAGES=("${FAISS[@]}" albumentations albucore pydantic pydantic-core annotated-types typing-inspection stringzilla
     simsimd)
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 
@@ -29,6 +38,7 @@ for name in sys.argv[1:]:
         print(name)
 EOF
 )
+[ "${1:-}" = --faiss-gpu ] && SPECS+=("$FAISS_GPU_WHEEL")
 
 PLATFORMS=()
 for tag in manylinux_2_17 manylinux2014 manylinux_2_24 manylinux_2_27 manylinux_2_28 manylinux_2_31 \
@@ -36,7 +46,7 @@ for tag in manylinux_2_17 manylinux2014 manylinux_2_24 manylinux_2_27 manylinux_
     PLATFORMS+=(--platform "${tag}_x86_64")
 done
 
-rm -rf .whl
+rm -rf .whl .whl-first
 mkdir -p .whl
 for spec in "${SPECS[@]}"; do
     if ! "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -47,5 +57,15 @@ for spec in "${SPECS[@]}"; do
     fi
 done
 rm -f .whl/pip.err
-echo "fetch_gpu_wheels: $(find .whl -type f -name '*.whl' | wc -l) wheels, $(du -sh .whl | cut -f1) in .whl/:"
+
+if [ "${1:-}" = --faiss-gpu ]; then
+    wheel=$(cd .whl && ls faiss_cuda-*.whl)
+    mkdir -p .whl-first
+    split -n 2 -d ".whl/$wheel" ".whl/$wheel.part-"
+    mv ".whl/$wheel.part-00" .whl-first/
+    echo "$wheel $(sha256sum ".whl/$wheel" | cut -d' ' -f1)" >.whl/faiss-split.txt
+    rm ".whl/$wheel"
+fi
+echo "fetch_gpu_wheels: $(du -sh .whl | cut -f1) in .whl/:"
 ls .whl
+if [ -d .whl-first ]; then echo "and $(du -sh .whl-first | cut -f1) in .whl-first/:"; ls .whl-first; fi

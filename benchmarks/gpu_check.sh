@@ -52,9 +52,17 @@ step() {
 }
 
 # ------------------------------------------------------------------ install carried wheels
-if compgen -G ".whl/*.whl" >/dev/null; then
+mkdir -p "$WORK/wheels"
+if [ -f .whl/faiss-split.txt ]; then  # the faiss GPU wheel in two halves: fetch_gpu_wheels.sh --faiss-gpu
+    step join 30 bash -c 'read -r wheel sha <.whl/faiss-split.txt &&
+        cat ".whl-first/$wheel.part-00" ".whl/$wheel.part-01" >"$1/$wheel" &&
+        [ "$(sha256sum "$1/$wheel" | cut -d" " -f1)" = "$sha" ] && echo "{\"joined\": \"$wheel\"}" ||
+        { echo "cannot join $wheel: carry .whl-first in a call just before this one" >&2; rm -f "$1/$wheel"; exit 1; }' \
+        join "$WORK/wheels"
+fi
+if compgen -G ".whl/*.whl" >/dev/null || compgen -G "$WORK/wheels/*.whl" >/dev/null; then
     step install 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl
+        --target /tmp/site $(compgen -G ".whl/*.whl") $(compgen -G "$WORK/wheels/*.whl")
     [ "$(cat "$WORK/install.rc")" = 0 ] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
@@ -199,13 +207,13 @@ def last_json(text):
     return None
 
 report = {"quick": quick, "limit_s": limit, "elapsed_s": elapsed, "steps": {}}
-for name in (["install"] if os.path.exists(os.path.join(work, "install.rc")) else []) + names:
+for name in [n for n in ("join", "install") if os.path.exists(os.path.join(work, f"{n}.rc"))] + names:
     rc = int(read(name, "rc", "-1").strip() or -1)
     entry = {"ok": rc == 0, "rc": rc, "seconds": int(read(name, "s", "0").strip() or 0)}
     result = last_json(read(name, "out"))
     if result is not None:
         entry["result"] = result
-    if rc != 0 or result is None:
+    if rc != 0 or (result is None and name != "install"):  # pip prints no JSON
         entry["ok"] = False
         entry["timed_out"] = rc in (124, 137)
         entry["stderr_tail"] = read(name, "err")[-2000:]
