@@ -8,8 +8,9 @@ import functools
 
 from lib.errors import ConfigError
 
-# PyPI's GPU builds: faiss-gpu-cu12 (faiss' own, CUDA 12) and faiss-cuda (a third-party build for CUDA 13)
-GPU_BUILDS = "`pip install faiss-gpu-cu12` for CUDA 12, `pip install faiss-cuda` for CUDA 13"
+# PyPI's GPU builds: faiss-gpu-cu12 (faiss' own, CUDA 12) and faiss-cuda 1.14.1.post4 (third-party, CUDA 13;
+# its later releases are built for CUDA 12.8)
+GPU_BUILDS = "`pip install faiss-gpu-cu12` for CUDA 12, `pip install faiss-cuda==1.14.1.post4` for CUDA 13"
 FAISS_MISSING = (
     "faiss is not installed. Install faiss-cpu (`pip install faiss-cpu`), or on a GPU machine a GPU build that "
     f"matches your CUDA version ({GPU_BUILDS}), or use `--backend torch+sklearn`."

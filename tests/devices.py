@@ -25,4 +25,4 @@ def skip_without_faiss_gpu() -> None:
     from lib.faiss_backend import faiss_gpu_count
 
     if faiss_gpu_count() == 0:
-        pytest.skip("needs a GPU build of faiss (faiss-gpu-cu12, or faiss-cuda for CUDA 13)")
+        pytest.skip("needs a GPU build of faiss (faiss-gpu-cu12, or faiss-cuda==1.14.1.post4 for CUDA 13)")
