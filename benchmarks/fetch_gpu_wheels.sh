@@ -23,7 +23,7 @@ case "${1:-}" in
     --faiss-gpu) FAISS=() ;;
     *) echo "usage: bash benchmarks/fetch_gpu_wheels.sh [--faiss-gpu]" >&2; exit 2 ;;
 esac
-PACKAGES=("${FAISS[@]}" albumentations albucore pydantic pydantic-core annotated-types typing-inspection stringzilla
+PACKAGES=(${FAISS[@]+"${FAISS[@]}"} albumentations albucore pydantic pydantic-core annotated-types typing-inspection stringzilla
     simsimd)
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 
@@ -38,6 +38,10 @@ for name in sys.argv[1:]:
         print(name)
 EOF
 )
+if [ "${#SPECS[@]}" -ne "${#PACKAGES[@]}" ]; then
+    echo "fetch_gpu_wheels: $PY could not list the package versions" >&2
+    exit 1
+fi
 [ "${1:-}" = --faiss-gpu ] && SPECS+=("$FAISS_GPU_WHEEL")
 
 PLATFORMS=()

@@ -3,12 +3,12 @@
 # $OUT/gpu_check.json when OUT is set. Steps, each under `timeout` (a failing or slow step is reported, never
 # fatal):
 #   env         torch, CUDA, GPU, faiss build, CPU count
+#   cuda_tests  the cuda-marked tests (pytest -m cuda): sync-free training step, kNN engines, bf16/fp16 epochs
 #   sop         a synthetic JPEG dataset in the real SOP layout (benchmarks/make_sop_like.py)
 #   train_step  ResNet-50 training images/s at 224 px, bf16, channels-last, against the bare backbone
 #   loader      the real make_train_loader over that dataset, default train transform, one worker per core
 #   recluster   extraction and faiss-GPU k-means with retries and matching at SOP scale (bench_recluster.py)
 #   eval        benchmarks/bench_eval.py (SOP-scale kNN and metrics), if that file exists
-#   cuda_tests  the cuda-marked tests (pytest -m cuda): sync-free training step, kNN engines, bf16/fp16 epochs
 # Wheels in .whl/ (benchmarks/fetch_gpu_wheels.sh downloads them) are installed to /tmp/site first.
 #
 # Usage (from anywhere):
@@ -90,6 +90,29 @@ GPU_FLAGS=()
 [ "$DEVICE" = cuda ] && GPU_FLAGS=(--amp bf16 --channels-last)
 log "device $DEVICE, k-means backend $BACKEND, quick=$QUICK"
 
+# ------------------------------------------------------------------ correctness on the device first
+step cuda_tests 120 "$PY" - <<'EOF'
+"""The cuda-marked tests (tests/devices.py): pytest's output to stderr, a JSON summary to stdout."""
+import contextlib, json, sys
+import pytest
+
+class Outcomes:
+    def __init__(self):
+        self.by_test = {}
+
+    def pytest_runtest_logreport(self, report):
+        if report.when == "call" or report.outcome != "passed":
+            self.by_test[report.nodeid] = report.outcome
+
+outcomes = Outcomes()
+with contextlib.redirect_stdout(sys.stderr):
+    code = int(pytest.main(["-q", "-p", "no:cacheprovider", "-m", "cuda", "-rfs", "tests"], plugins=[outcomes]))
+counts = {state: sum(v == state for v in outcomes.by_test.values()) for state in ("passed", "failed", "skipped")}
+failed = sorted(name for name, state in outcomes.by_test.items() if state == "failed")
+print(json.dumps({"pytest_exit_code": code, **counts, "failed_tests": failed}))
+sys.exit(0 if code in (0, 5) and not failed else 1)
+EOF
+
 # ------------------------------------------------------------------ sizes
 if [ "$QUICK" = 1 ]; then
     SOP_ARGS=(--train-images 200 --eval-images 40 --size 96)
@@ -154,7 +177,7 @@ EOF
 step recluster 150 "$PY" benchmarks/bench_recluster.py --backend "$BACKEND" --device "$DEVICE" --workers "$NPROC" \
     "${RECLUSTER_ARGS[@]}" "${GPU_FLAGS[@]}"
 
-STEPS="env sop train_step loader recluster"
+STEPS="env cuda_tests sop train_step loader recluster"
 if [ -f benchmarks/bench_eval.py ]; then
     EVAL_HELP=$(timeout 20 "$PY" benchmarks/bench_eval.py --help 2>/dev/null)
     EVAL_ARGS=()
@@ -163,29 +186,6 @@ if [ -f benchmarks/bench_eval.py ]; then
     step eval 90 "$PY" benchmarks/bench_eval.py "${EVAL_ARGS[@]}"
     STEPS="$STEPS eval"
 fi
-
-step cuda_tests 120 "$PY" - <<'EOF'
-"""The cuda-marked tests (tests/devices.py): pytest's output to stderr, a JSON summary to stdout."""
-import contextlib, json, sys
-import pytest
-
-class Outcomes:
-    def __init__(self):
-        self.by_test = {}
-
-    def pytest_runtest_logreport(self, report):
-        if report.when == "call" or report.outcome != "passed":
-            self.by_test[report.nodeid] = report.outcome
-
-outcomes = Outcomes()
-with contextlib.redirect_stdout(sys.stderr):
-    code = int(pytest.main(["-q", "-p", "no:cacheprovider", "-m", "cuda", "-rfs", "tests"], plugins=[outcomes]))
-counts = {state: sum(v == state for v in outcomes.by_test.values()) for state in ("passed", "failed", "skipped")}
-failed = sorted(name for name, state in outcomes.by_test.items() if state == "failed")
-print(json.dumps({"pytest_exit_code": code, **counts, "failed_tests": failed}))
-sys.exit(0 if code in (0, 5) and not failed else 1)
-EOF
-STEPS="$STEPS cuda_tests"
 
 # ------------------------------------------------------------------ report
 "$PY" - "$WORK" "$QUICK" "$LIMIT" "$(($(date +%s) - START))" ${STEPS} <<'EOF'

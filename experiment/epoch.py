@@ -59,12 +59,16 @@ class StepSetup:
 
 
 class _DeviceSums:
-    """Device-side accumulators: no host synchronisation until ``flush``."""
+    """Device-side accumulators: no host synchronisation until they are read.
+
+    Made with ``torch.full``, which fills on the device: ``torch.tensor(x, device="cuda")`` copies x from the host
+    and waits for the copy.
+    """
 
     def __init__(self, device: torch.device, metric: float, mask: float):
         # float64 and seeded with the saved partial sums: a resumed epoch adds the same numbers in the same order.
-        self.metric = torch.tensor(metric, dtype=torch.float64, device=device)
-        self.mask = torch.tensor(mask, dtype=torch.float64, device=device)
+        self.metric = torch.full((), metric, dtype=torch.float64, device=device)
+        self.mask = torch.full((), mask, dtype=torch.float64, device=device)
         self.bad_batch = torch.full((), -1, dtype=torch.long, device=device)
         self.bad_learner = torch.full((), -1, dtype=torch.long, device=device)
 

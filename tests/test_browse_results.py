@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from browse_results import build_figure, main
-from lib.run_reader import RECALL_KS, select_best, summarise_run
+from lib.run_reader import RECALL_KS, find_run_dirs, select_best, summarise_run
 
 NOW = dt.datetime.now(dt.timezone.utc)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -286,7 +286,10 @@ def test_runs_behind_links_are_listed_once_and_a_link_loop_ends(tmp_path):
     (logs / "cub-b").symlink_to(write_run(tmp_path / "scratch", "cub-b-real"), target_is_directory=True)
     (logs / "cub-0-again").symlink_to(logs / "cub-a", target_is_directory=True)  # sorts before cub-a
     (logs / "loop").symlink_to(logs, target_is_directory=True)
-    assert [row["name"] for row in csv_rows(logs, tmp_path)] == ["cub-a", "cub-b"]
+    (logs / "a-group").mkdir()  # a link in a folder walked before the run's own folder
+    (logs / "a-group" / "cub-c-link").symlink_to(write_run(logs / "z-group", "cub-c"), target_is_directory=True)
+    assert [row["name"] for row in csv_rows(logs, tmp_path)] == ["cub-a", "cub-b", "z-group/cub-c"]
+    assert find_run_dirs(logs) == [logs / "cub-a", logs / "cub-b", logs / "z-group" / "cub-c"]  # direct paths
 
 
 def test_missing_log_dir_is_one_line_and_exit_2(tmp_path):

@@ -41,7 +41,7 @@ def cuda_waits(device: torch.device):
             yield waits
         finally:
             torch.cuda.set_sync_debug_mode("default")
-            waits += [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+            waits += [str(w.message) for w in caught if "called a synchronizing CUDA operation" in str(w.message)]
 
 
 @pytest.mark.parametrize("device", ["cpu", on_cuda("cuda")])
