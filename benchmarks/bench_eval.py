@@ -12,13 +12,20 @@ threads (reported), in alternating order, ``--repeats`` rounds; the times are me
 median of the per-round ratios, so that load from other processes hits both alike. The goal is eval_s <=
 0.45 x faiss_search_s and a peak under 1.5 GB beyond the embeddings. The peak is the resident set high-water
 mark, reset before each evaluation where Linux allows it. Prints one JSON object.
+
+Each round also times ``products_floor_s``: the float32 matrix products alone that any exact self-retrieval
+must do at least once (every pair of points once, blocked sgemm with numpy's BLAS on all cores, nothing
+else). No exact engine built on these products can beat ``floor_ratio`` = products_floor_s / faiss_search_s,
+so it shows how much of the ratio is arithmetic and how much is everything else.
 """
 
 import argparse
+import functools
 import os
 import resource
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import emit  # noqa: E402
+from lib.blas_workers import blas_workers, blocks  # noqa: E402
 from lib.faiss_backend import import_faiss  # noqa: E402
 from lib.recall_ks import RECALL_KS  # noqa: E402
 from metriclearning.evaluation import evaluate_retrieval  # noqa: E402
@@ -94,6 +102,28 @@ def time_faiss(embeddings: np.ndarray, k: int) -> float:
     return time.perf_counter() - start
 
 
+def time_products_floor(embeddings: np.ndarray, span: int = 512, width: int = 4096) -> float:
+    """Seconds for the products of every pair of points once: upper-triangle blocks of span x width, one
+    single-threaded sgemm each on every BLAS worker (the CPU engine's layout, without its filtering)."""
+    n = embeddings.shape[0]
+    buffers = threading.local()
+
+    def product(rows: slice, cols: slice) -> None:
+        if not hasattr(buffers, "out"):
+            buffers.out = np.empty(span * width, dtype=np.float32)
+        out = buffers.out[: (rows.stop - rows.start) * (cols.stop - cols.start)]
+        np.matmul(embeddings[rows], embeddings[cols].T, out=out.reshape(rows.stop - rows.start, -1))
+
+    with blas_workers() as run:
+        start = time.perf_counter()
+        run(
+            functools.partial(product, rows, cols)
+            for rows in blocks(0, n, span)
+            for cols in [rows, *blocks(rows.stop, n, width)]
+        )
+        return time.perf_counter() - start
+
+
 def thread_settings() -> dict:
     """The thread counts both sides run with: torch, numpy's BLAS (the CPU kNN engine) and faiss' OpenMP."""
     from threadpoolctl import threadpool_info
@@ -129,11 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         eval_s, peak, peak_is_eval_only, metrics = time_evaluation(embeddings, labels, args.backend)
         if evaluation_first:
             faiss_s = time_faiss(embeddings, k)
+        floor_s = time_products_floor(embeddings)
         rounds.append(
             {
                 "eval_s": round(eval_s, 2),
                 "faiss_search_s": round(faiss_s, 2),
+                "products_floor_s": round(floor_s, 2),
                 "ratio": round(eval_s / faiss_s, 3),
+                "floor_ratio": round(floor_s / faiss_s, 3),
                 "peak_rss_mb": round(peak, 1),
                 "load_average_1min": round(os.getloadavg()[0], 2),
             }
@@ -145,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         "faiss_search_s": round(statistics.median(r["faiss_search_s"] for r in rounds), 2),
         "ratio_eval_vs_faiss": round(statistics.median(r["ratio"] for r in rounds), 3),
         "goal_ratio": 0.45,
+        "products_floor_s": round(statistics.median(r["products_floor_s"] for r in rounds), 2),
+        "floor_ratio": round(statistics.median(r["floor_ratio"] for r in rounds), 3),
         "peak_rss_mb": peak,
         "rss_with_embeddings_mb": round(rss_with_embeddings, 1),
         "peak_beyond_embeddings_mb": round(peak - rss_with_embeddings, 1),
