@@ -73,6 +73,7 @@ SUMMARY_KEYS = ("NMI", "MAP@R", "mARP")
 # What numpy and zipfile raise on damaged or crafted archives: bad headers, truncated or corrupt (compressed)
 # members, CRC mismatches, encrypted members or unknown compression methods (RuntimeError, NotImplementedError),
 # and headers that declare arrays too large to allocate.
+_ZIP_SIGNATURE, _NPY_SIGNATURE = b"PK\x03\x04", b"\x93NUMPY"  # how np.load tells .npz from .npy files
 _UNREADABLE_NPZ = (OSError, ValueError, EOFError, MemoryError, RuntimeError, zipfile.BadZipFile, zlib.error)
 
 
@@ -182,9 +183,11 @@ def _evaluate_runs(args: argparse.Namespace) -> int:
                     target = target.with_name(f"{target.stem}-{name}{target.suffix}")
                 save_embeddings(target, evaluation.embeddings)
                 print(f"{name}: embeddings written to {target}", file=sys.stderr)
-        except UserFacingError as error:
+        except Exception as error:  # noqa: BLE001 - one run's failure, whatever it is, must not stop the others
             failed += 1
             message = " ".join(str(error).split())
+            if not isinstance(error, UserFacingError):
+                message = f"unexpected {type(error).__name__}: {message}"
             print(f"{name}: cannot be evaluated: {message}", file=sys.stderr)
             outputs.append({"run": name, "path": str(run_dir), "error": message})
             continue
@@ -383,6 +386,8 @@ def format_run_table(result: dict, prefixes: tuple[str, ...]) -> str:
         lines.append(f"  {key:<8}" + "".join(f"{cell:>16}" for cell in cells))
     queries = [f"{result.get(p + 'n_queries')} ({result.get(p + 'n_queries_R0')} R=0)" for p in prefixes]
     lines.append(f"  {'queries':<8}" + "".join(f"{cell:>16}" for cell in queries))
+    methods = dict.fromkeys(result[p + "knn_method"] for p in prefixes if result.get(p + "knn_method"))
+    lines.append(f"  kNN: {'; '.join(methods) or 'unknown'}")
     return "\n".join(lines)
 
 
@@ -428,6 +433,10 @@ def _evaluate_embeddings(args: argparse.Namespace) -> int:
 def load_embeddings(path: Path) -> dict[str, np.ndarray]:
     """The arrays of an embeddings file, checked; every problem is a DatasetError naming the fix."""
     try:
+        with open(path, "rb") as file:
+            signature = file.read(len(_NPY_SIGNATURE))
+        if not signature.startswith(_ZIP_SIGNATURE) and signature != _NPY_SIGNATURE:
+            raise DatasetError(f"{path} is not an .npz archive (no zip signature); save X and T with numpy.savez")
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError as error:
         raise DatasetError(f"{path}: no such file") from error

@@ -2,8 +2,8 @@
 
 ``parse_config`` is the single way from a command line to a ``Config``: defaults, then the preset,
 then the flags given explicitly; then aliases are resolved and every flag-only check runs (§2.3).
-``config_from_dict`` rebuilds a recorded config without re-validating it (a faiss-gpu run can be
-evaluated on a CPU machine).
+``config_from_dict`` rebuilds a recorded config and re-checks only what does not depend on the machine or
+its files (a faiss-gpu run can be evaluated on a CPU machine).
 """
 
 import dataclasses
@@ -18,7 +18,7 @@ from typing import Any
 
 from experiment import margin_loss_resnet50
 from experiment.presets import preset_values
-from experiment.validation import validate_flags
+from experiment.validation import recorded_config_errors, validate_flags
 from lib.errors import ConfigError
 
 EXPERIMENTS = ("margin_loss_resnet50",)
@@ -235,8 +235,9 @@ def parse_config(argv: Sequence[str], *, cuda_available: bool | None = None) -> 
 def config_from_dict(record: Mapping[str, Any]) -> Config:
     """Rebuild a recorded config (``Config.to_dict``, possibly with extra derived keys, which are ignored).
 
-    Keys missing from an older record take today's defaults. Values of the wrong type are an error that
-    names the key, so a damaged config.json is reported instead of failing later.
+    Keys missing from an older record take today's defaults. Values of the wrong type, outside a flag's
+    choices or failing the value checks of the flags are an error that names the key, so a damaged
+    config.json is reported instead of failing later.
     """
     if not isinstance(record, Mapping):
         raise ConfigError(f"a recorded config must be a JSON object, got {type(record).__name__}.")
@@ -253,7 +254,17 @@ def config_from_dict(record: Mapping[str, Any]) -> Config:
             values[key] = tuple(values[key])
     for key, value in list(values.items()):
         values[key] = _checked(key, value, hints[key])
-    return Config(**values)
+    for flag in margin_loss_resnet50.FLAGS:  # argparse checks the choices of given flags, never the defaults
+        if flag.choices is not None and values[flag.dest] not in (*flag.choices, flag.default):
+            allowed = ", ".join(map(str, flag.choices))
+            raise ConfigError(
+                f"recorded config: {flag.dest} = {values[flag.dest]!r} is not one of {allowed}; the record is damaged."
+            )
+    config = Config(**values)
+    errors = recorded_config_errors(config)
+    if errors:
+        raise ConfigError(f"recorded config fails the checks of its flags ({' '.join(errors)}); the record is damaged.")
+    return config
 
 
 def _checked(key: str, value: Any, hint: Any) -> Any:

@@ -74,6 +74,12 @@ def validate_flags(config: Config, *, cuda_available: bool | None = None) -> lis
     return _warnings(config)
 
 
+def recorded_config_errors(config: Config) -> list[str]:
+    """The checks of ``validate_flags`` that depend on the values alone, not on this machine or its files:
+    a recorded config that fails them was damaged or edited after training."""
+    return _range_errors(config) + _batch_shape_errors(config) + _combination_errors(config) + _support_errors(config)
+
+
 def validate_against_dataset(config: Config, n_train_classes: int, n_train_images: int) -> list[str]:
     """Checks that need the parsed training split; returns the warnings."""
     if n_train_classes < 2:

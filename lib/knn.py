@@ -5,7 +5,8 @@ Evaluation needs the k nearest gallery items of every query once (METHOD.md §8.
 * CPU (the default there): admission-limited blocked sgemm through numpy, each pair of points computed once in
   self-retrieval (lib/knn_cpu.py).
 * torch (CUDA, and ``torch+sklearn``): blocked matrix products with running per-row pools (lib/knn_torch.py).
-* faiss CPU ``IndexFlatL2`` and faiss GPU ``GpuIndexFlatL2`` (k <= 2048; beyond that, torch on the GPU).
+* faiss CPU ``IndexFlatL2`` and faiss GPU ``GpuIndexFlatL2`` (up to its limit of 2048 candidates, which are k
+  plus the pool extras below; beyond that, torch on the GPU).
 
 Determinism (why every engine returns the same neighbours): an engine returns a pool of the
 ``k + POOL_EXTRA`` best candidates by its own float32 distances. The pool is ordered by (distance, index),
@@ -88,7 +89,7 @@ def knn_search(
             keys = torch_search(q, g, pool, chunk_size, target, symmetric)
             method = f"torch blocked matmul{' (symmetric)' if symmetric else ''} ({target})"
         if backend == "faiss-gpu":
-            method += f", faiss-gpu fallback: k={pool} > {FAISS_GPU_MAX_K}"
+            method += f", faiss-gpu fallback: {pool} candidates (k = {k} + {pool - k} extra) > {FAISS_GPU_MAX_K}"
     keys.sort(axis=1)
     values, indices = resolve_near_ties(q, g, key_distances(keys), keys & 0xFFFFFFFF, needed)
     values, indices = _drop_self(values, indices, k) if exclude_self else (values[:, :k], indices[:, :k])

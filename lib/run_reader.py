@@ -6,6 +6,7 @@ found in a run folder is ever unpickled, and nothing is written.
 """
 
 import datetime as dt
+import itertools
 import math
 import zipfile
 import zlib
@@ -129,6 +130,10 @@ def read_recluster(path: Path) -> dict[str, np.ndarray]:
     masks, sizes = arrays["masks"], arrays["sizes"]
     if masks.ndim != 2 or sizes.ndim != 1 or masks.shape[0] != sizes.shape[0]:
         raise CheckpointError(f"{path.name}: masks {masks.shape} and sizes {sizes.shape} disagree on K")
+    if masks.dtype.kind not in "biuf" or not np.isfinite(masks).all():
+        raise CheckpointError(f"{path.name}: masks are not finite numbers (dtype {masks.dtype})")
+    if sizes.dtype.kind not in "iuf" or not (np.isfinite(sizes) & (sizes >= 0) & (sizes == np.round(sizes))).all():
+        raise CheckpointError(f"{path.name}: cluster sizes are not counts (dtype {sizes.dtype})")
     return arrays
 
 
@@ -185,7 +190,11 @@ def _record_facts(run_dir: Path, summary: RunSummary) -> None:
     summary.epochs_run = max(trained) + 1 if trained else 0
     if not trained:
         summary.notes.append("no epoch >= 0 recorded yet")
+    elif len(trained) < summary.epochs_run:
+        missing = sorted(set(range(summary.epochs_run)) - set(trained))
+        summary.notes.append(f"{EPOCHS_FILE} lacks epoch(s) {_spans(missing)}")
     best, summary.selection = select_best(records)
+    summary.notes += _bad_values(records, ("R@1", "val/R@1", *SUMMARY_METRICS))
     if best is None:
         if trained:
             summary.notes.append(f"no {summary.selection} recorded")
@@ -195,8 +204,29 @@ def _record_facts(run_dir: Path, summary: RunSummary) -> None:
     summary.recall_ks = _recall_ks(summary.dataset, best)
     keys = [f"R@{k}" for k in summary.recall_ks] + list(SUMMARY_METRICS)
     summary.metrics = {key: as_number(best.get(key)) for key in keys}
+    summary.notes += _bad_values([best], [key for key in keys if key != "R@1" and key not in SUMMARY_METRICS])
     if summary.k_final is None and as_number(records[-1].get("K")) is not None:
         summary.k_final = int(records[-1]["K"])
+
+
+def _bad_values(records: list[dict], keys) -> list[str]:
+    """A note on recorded metric values that are neither null nor a finite number (they are shown blank)."""
+    bad = [
+        f"epoch {record['epoch']} {key}={record[key]!r}"
+        for record in records
+        for key in keys
+        if record.get(key) is not None and as_number(record[key]) is None
+    ]
+    if not bad:
+        return []
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return [f"{EPOCHS_FILE} has values that are not numbers: {', '.join(bad[:3])}{more}"]
+
+
+def _spans(numbers: list[int]) -> str:
+    """Sorted [3, 4, 7] -> "3-4, 7": consecutive numbers share their offset from their position."""
+    runs = [[number for _, number in run] for _, run in itertools.groupby(enumerate(numbers), lambda p: p[1] - p[0])]
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}" for run in runs)
 
 
 def _recluster_facts(run_dir: Path, summary: RunSummary) -> None:

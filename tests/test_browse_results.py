@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -192,6 +193,45 @@ def test_corrupt_and_partial_runs_are_listed_with_a_note(tmp_path):
     assert rows["no-config"]["R@8"] == "0.8"  # without a dataset the R@k columns come from the record keys
     assert "e0000.npz" in rows["truncated-npz"]["note"]
     assert rows["untrained"]["best"] == "" and "no epoch >= 0" in rows["untrained"]["note"]
+
+
+def test_bad_metric_values_and_missing_epochs_get_a_note(tmp_path):
+    records = [
+        record(-1, 0.2),
+        record(0, 0.6, **{"R@1": "high"}),
+        record(1, 0.5),
+        record(4, float("nan")),
+        record(5, 0.45),
+    ]
+    write_run(tmp_path, "damaged", records=records)
+    write_run(tmp_path, "clean")
+    code, _, _ = run_main([str(tmp_path)])
+    rows = {row["name"]: row for row in csv_rows(tmp_path, tmp_path)}
+    assert code == 0 and rows["damaged"]["best"] == "1" and rows["damaged"]["epochs"] == "6"
+    note = rows["damaged"]["note"]
+    assert "lacks epoch(s) 2-3" in note
+    assert "epoch 0 R@1='high'" in note and "epoch 4 R@1=nan" in note
+    assert rows["clean"]["note"] == ""
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"sizes": np.array([np.nan, 1.0])},
+        {"sizes": np.array([-1, 7])},
+        {"masks": np.array([["a", "b"], ["c", "d"]])},
+        {"masks": np.array([[0.5, np.inf], [1.0, 0.0]])},
+    ],
+)
+def test_recluster_values_that_cannot_be_drawn_get_a_note_and_the_plot_skips_them(tmp_path, damage):
+    run = write_run(tmp_path / "log", "run")
+    np.savez(run / "recluster" / "e0000.npz", **{**recluster_arrays(2), **damage})
+    code, _, _ = run_main([str(tmp_path / "log"), "--plot", str(tmp_path / "plot.png")])
+    (row,) = csv_rows(tmp_path / "log", tmp_path)
+    assert code == 0 and "e0000.npz" in row["note"]
+    assert (tmp_path / "plot.png").read_bytes().startswith(PNG_MAGIC)
+    titles = [axes.get_title() for axes in build_figure([summarise_run(run, "run", NOW)]).axes]
+    assert "masks e-001 (K=1)" in titles and "masks e0000 (K=2)" not in titles
 
 
 class _Touch:

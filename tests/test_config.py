@@ -563,6 +563,34 @@ def test_config_from_dict_rejects_wrong_types(key, value):
         config_from_dict(["not", "a", "dict"])
 
 
+@pytest.mark.parametrize(
+    "key, value, named",
+    [
+        ("sz_embedding", 0, "--sz-embedding"),
+        ("margin", -0.2, "--margin"),
+        ("batch_size", 81, "--batch-size 81"),  # no longer a multiple of --num-samples-per-class
+        ("arch", "vgg16", "--arch"),
+        ("dataset", "imagenet", "dataset"),
+        ("batch_sampler", "balanced", "batch_sampler"),
+    ],
+)
+def test_config_from_dict_rejects_values_its_flags_would_reject(key, value, named):
+    record = parse("--batch-size", "80", "--num-samples-per-class", "2").to_dict()
+    record[key] = value
+    with pytest.raises(ConfigError, match="damaged") as caught:
+        config_from_dict(record)
+    assert named in str(caught.value)
+
+
+def test_config_from_dict_accepts_defaults_outside_the_choices_and_machine_specific_values():
+    """A default (None) is never checked against the choices; faiss-gpu and missing files are this machine's
+    business, not the record's."""
+    record = parse().to_dict()
+    record.update(backend="faiss-gpu", split_file="/nowhere/split.json", album=None)
+    rebuilt = config_from_dict(record)
+    assert rebuilt.backend == "faiss-gpu" and rebuilt.split_file == "/nowhere/split.json" and rebuilt.album is None
+
+
 def test_validate_against_dataset():
     config = parse("--batch-size", "8", "--num-samples-per-class", "2", "--nb-clusters", "4")
     assert validate_against_dataset(config, n_train_classes=8, n_train_images=100) == []

@@ -110,13 +110,15 @@ def test_bad_files_give_one_message_and_status_2(tmp_path, capsys, arrays, messa
 def test_files_that_are_not_npz_archives(tmp_path, capsys):
     np.save(tmp_path / "single.npy", GOOD_X)
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    (tmp_path / "text.npz").write_text("X,T\n0.5,1\n")  # numpy would take it for a pickle
     for path, message in (
         (tmp_path / "single.npy", "single array"),
         (tmp_path / "junk.npz", "not a readable"),
+        (tmp_path / "text.npz", "is not an .npz archive (no zip signature)"),
         (tmp_path / "missing.npz", "no such file"),
     ):
         code, _, err = run(capsys, "--embeddings", str(path))
-        assert code == 2 and message in err
+        assert code == 2 and message in err and "pickle" not in err
 
 
 def test_usage_errors():

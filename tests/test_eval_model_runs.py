@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import eval_model
 import train
 from dataset.base import Split
 from eval_model import find_runs, format_run_table, main, main_set_embeddings
@@ -61,6 +62,7 @@ def test_best_matches_the_training_record_and_writes_json_next_to_the_checkpoint
     code, out, err = evaluate(capsys, str(run))
     assert code == 0, err
     assert run.name in out and "R@1" in out and "MAP@R" in out and "±" in out
+    assert "  kNN: blocked sgemm (symmetric) (cpu)" in out.splitlines()  # the engine that ran
     saved = json.loads((run / "checkpoints" / "best.eval.json").read_text())
     assert METRIC_KEYS | {"run", "checkpoint", "epoch"} <= set(saved)
     assert saved["run"] == run.name and saved["epoch"] == 0 and saved["best_epoch"] == 0
@@ -120,6 +122,46 @@ def test_folder_of_runs_with_a_truncated_checkpoint_evaluates_the_other(trained_
     assert (good / "checkpoints" / "best.eval.json").is_file()
     assert not (broken / "checkpoints" / "best.eval.json").exists()
     assert (tmp_path / "e-good-run.npz").is_file() and not (tmp_path / "e-broken-run.npz").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [("sz_embedding", 0, "--sz-embedding"), ("sz_crop", -3, "--sz-crop"), ("dataset", "imagenet", "dataset")],
+)
+def test_a_config_with_impossible_values_is_reported_and_the_next_run_still_runs(
+    trained_run, tmp_path, capsys, key, value, named
+):
+    damaged = copy_run(trained_run, tmp_path / "runs", "a-damaged")
+    good = copy_run(trained_run, tmp_path / "runs", "b-good")
+    config = json.loads((damaged / "config.json").read_text())
+    config[key] = value
+    (damaged / "config.json").write_text(json.dumps(config))
+    code, out, err = evaluate(capsys, str(tmp_path / "runs"))
+    assert code == 2
+    [line] = [line for line in err.splitlines() if "cannot be evaluated" in line]
+    assert line.startswith("a-damaged: cannot be evaluated") and named in line and "damaged" in line
+    assert "b-good" in out and (good / "checkpoints" / "best.eval.json").is_file()
+
+
+def test_an_unexpected_error_in_one_run_is_reported_and_the_next_run_still_runs(
+    trained_run, tmp_path, capsys, monkeypatch
+):
+    copy_run(trained_run, tmp_path / "runs", "a-first")
+    copy_run(trained_run, tmp_path / "runs", "b-second")
+    real_evaluate_run = eval_model.evaluate_run
+
+    def failing_first(run_dir, options, device):
+        if run_dir.name == "a-first":
+            raise ZeroDivisionError("a bug somewhere")
+        return real_evaluate_run(run_dir, options, device)
+
+    monkeypatch.setattr(eval_model, "evaluate_run", failing_first)
+    code, out, err = evaluate(capsys, str(tmp_path / "runs"), "--json")
+    assert code == 2
+    first, second = json.loads(out)
+    assert first["error"] == "unexpected ZeroDivisionError: a bug somewhere"
+    assert "a-first: cannot be evaluated: unexpected ZeroDivisionError: a bug somewhere" in err
+    assert second["run"] == "b-second" and "R@1" in second
 
 
 def test_missing_dataset_dir_is_reported_with_the_override_hint(trained_run, tmp_path, capsys):
