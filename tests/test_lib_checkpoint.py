@@ -57,6 +57,7 @@ class _Exploit:
         return (os.system, ("echo pwned > /dev/null",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch's note on the raw pickle
 def test_pickle_that_would_execute_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "dnc-checkpoint-v1", "x": _Exploit()}, path)
