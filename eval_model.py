@@ -489,6 +489,15 @@ def _check_arrays(data: dict[str, np.ndarray], path: Path) -> None:
         raise DatasetError(f"{path}: self-retrieval needs at least 2 points")
     if len(np.unique(labels[points])) < 2:
         raise DatasetError(f"{path}: all evaluated points have the same label; retrieval needs at least 2 classes")
+    if "is_query" in data:
+        relevant = np.isin(labels[data["is_query"]], labels[data["is_gallery"]]).any()
+    else:
+        relevant = np.unique(labels, return_counts=True)[1].max() >= 2
+    if not relevant:
+        raise DatasetError(
+            f"{path}: no query has another item of its label in the gallery, so every retrieval metric would be 0; "
+            "check T" + (" and is_query / is_gallery" if "is_query" in data else " (every label occurs once)")
+        )
 
 
 def format_table(metrics: dict, title: str) -> str:

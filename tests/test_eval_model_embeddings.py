@@ -98,6 +98,16 @@ NAN_X[2, 1] = np.nan
             "disjoint",
         ),
         ({"X": GOOD_X, "T": GOOD_T, "is_query": np.ones(6), "is_gallery": np.zeros(6, dtype=bool)}, "boolean"),
+        ({"X": GOOD_X, "T": np.arange(6)}, "every label occurs once"),
+        (
+            {
+                "X": GOOD_X,
+                "T": np.array([0, 1, 2, 3, 3, 4]),
+                "is_query": np.arange(6) < 3,
+                "is_gallery": np.arange(6) >= 3,
+            },
+            "no query has another item of its label in the gallery",
+        ),
     ],
 )
 def test_bad_files_give_one_message_and_status_2(tmp_path, capsys, arrays, message):
