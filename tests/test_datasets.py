@@ -11,6 +11,7 @@ import scipy.io
 import torch
 
 from dataset.base import ImageDataset, Split, load_rgb
+from dataset.loader import make_eval_loader
 from dataset.registry import load_dataset, parse_dataset
 from dataset.subsets import apply_ratio_classes, carve_validation, ratio_class_count
 from lib.errors import ConfigError, DatasetError
@@ -277,6 +278,19 @@ def test_check_images_finds_corrupt_files(tmp_path):
     load_dataset("cub", tmp_path)  # existence only
     with pytest.raises(DatasetError, match=str(corrupt)):
         load_dataset("cub", tmp_path, check_images=True)
+
+
+def test_an_unreadable_image_met_by_a_loader_worker_is_one_message_without_the_workers_traceback(tmp_path):
+    make_cub(tmp_path, n_classes=4, per_class=2)
+    evaluation = load_dataset("cub", tmp_path).splits["eval"]
+    corrupt = Path(evaluation.images[1])
+    corrupt.write_bytes(b"not a jpeg")
+    dataset = ImageDataset(evaluation, lambda image, _: torch.from_numpy(image[:8, :8].copy()))
+    with pytest.raises(DatasetError) as info:
+        list(make_eval_loader(dataset, batch_size=2, num_workers=1))
+    assert str(info.value) == (
+        f"cannot read image {corrupt}: OpenCV cannot decode it. Replace or remove the file, then run again."
+    )
 
 
 # ---------------------------------------------------------------- --ratio-classes
