@@ -1,9 +1,10 @@
 """One entry point from ``--dataset NAME`` to a parsed, class-subsetted and file-checked dataset."""
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
-from dataset.base import LoadedDataset, find_file_problems
+from dataset.base import LoadedDataset, Split, find_file_problems
 from dataset.cars import cars_root, load_cars
 from dataset.cub import cub_root, load_cub
 from dataset.folder import load_folder
@@ -83,3 +84,13 @@ def load_dataset(
     if problems:
         raise DatasetError("\n".join(problems))
     return dataset
+
+
+def split_errors(dataset_name: str, splits: Mapping[str, Split]) -> list[str]:
+    """Splits that cannot be trained on or evaluated: retrieval needs at least 2 classes (an empty list file,
+    or one whose images all share a class, gives no metrics or meaningless ones)."""
+    return [
+        f"{dataset_name} {name}: {split.n_classes_present} class(es) with images; at least 2 are needed"
+        for name, split in splits.items()
+        if split.n_classes_present < 2
+    ]

@@ -18,7 +18,7 @@ import os
 import sys
 
 from dataset.base import LoadedDataset, file_paths, find_file_problems, list_files
-from dataset.registry import DATASET_NAMES, dataset_root, parse_dataset
+from dataset.registry import DATASET_NAMES, dataset_root, parse_dataset, split_errors
 from lib.errors import UserFacingError
 
 EXIT_ERRORS = 2
@@ -68,19 +68,10 @@ def verify(args: argparse.Namespace, progress: bool) -> dict:
         name: {"images": len(split), "classes": split.n_classes_present} for name, split in dataset.splits.items()
     }
     report["warnings"] = list(dataset.warnings) + truncated_jpeg_warnings(dataset)
-    report["errors"] = split_errors(dataset) + find_file_problems(
+    report["errors"] = split_errors(dataset.name, dataset.splits) + find_file_problems(
         dataset, decode=True, workers=args.workers, progress=progress
     )
     return report
-
-
-def split_errors(dataset: LoadedDataset) -> list[str]:
-    """Splits that cannot be trained on or evaluated: retrieval needs at least 2 classes."""
-    return [
-        f"{dataset.name} {name}: {split.n_classes_present} class(es) with images; at least 2 are needed"
-        for name, split in dataset.splits.items()
-        if split.n_classes_present < 2
-    ]
 
 
 def truncated_jpeg_warnings(dataset: LoadedDataset) -> list[str]:

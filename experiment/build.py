@@ -8,13 +8,14 @@ from torch.utils.data import Subset
 
 from dataset.base import ImageDataset, LoadedDataset, Split
 from dataset.loader import make_eval_loader
-from dataset.registry import load_dataset
+from dataset.registry import load_dataset, split_errors
 from dataset.subsets import carve_validation
 from dataset.transforms import build_eval_transform, build_train_transform
 from experiment.config import Config
 from experiment.protocol import EvalTask, evaluation_tasks
 from experiment.validation import validate_against_dataset
 from lib.dist import DistContext, all_reduce_sum_array
+from lib.errors import DatasetError
 from lib.seeding import torch_generator
 from metriclearning.criteria import build_criterion
 from metriclearning.features import extract_features
@@ -50,6 +51,7 @@ def build_data(config: Config, *, all_vid_lists: bool = False, glyphs_cache: boo
     if config.val_ratio > 0:
         train, val = carve_validation(train, config.val_ratio, config.random_seed)
     warnings = list(dataset.warnings) + validate_against_dataset(config, train.n_classes_present, len(train))
+    _check_evaluated_splits(config.dataset, dataset, val)
     eval_transform = build_eval_transform(config.sz_resize, config.sz_crop)
     train_transform = build_train_transform(config.album, config.sz_resize, config.sz_crop, config.dataset)
     return RunData(
@@ -61,6 +63,15 @@ def build_data(config: Config, *, all_vid_lists: bool = False, glyphs_cache: boo
         eval_tasks=evaluation_tasks(config.dataset, dataset.splits, val=val, all_vid_lists=all_vid_lists),
         warnings=warnings,
     )
+
+
+def _check_evaluated_splits(dataset_name: str, dataset: LoadedDataset, val: Split | None) -> None:
+    """Every split that is evaluated needs 2 classes; checked before training, as an empty list file would only
+    fail at the first evaluation, and a one-class set would report R@1 = 100 %."""
+    evaluated = {name: split for name, split in dataset.splits.items() if name != "train"}
+    problems = split_errors(dataset_name, evaluated | ({"val": val} if val is not None else {}))
+    if problems:
+        raise DatasetError("; ".join(problems) + ". Check the dataset's list files in --dataset-dir, or --val-ratio.")
 
 
 def build_model(config: Config, *, n_masks: int, device: torch.device) -> EmbeddingModel:

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,8 @@ from dataset.base import ImageDataset, Split, load_rgb
 from dataset.loader import make_eval_loader
 from dataset.registry import load_dataset, parse_dataset
 from dataset.subsets import apply_ratio_classes, carve_validation, ratio_class_count
+from experiment.build import build_data
+from experiment.config import parse_config
 from lib.errors import ConfigError, DatasetError
 from tests.fixtures_datasets import make_cars, make_cub, make_folder, make_inshop, make_sop, make_vid
 
@@ -291,6 +294,25 @@ def test_an_unreadable_image_met_by_a_loader_worker_is_one_message_without_the_w
     assert str(info.value) == (
         f"cannot read image {corrupt}: OpenCV cannot decode it. Replace or remove the file, then run again."
     )
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("one eval class", "sop eval: 1 class(es) with images"),
+        ("header only", "sop eval: 0 class(es) with images"),
+    ],
+)
+def test_evaluated_splits_without_two_classes_are_refused_before_training(tmp_path, damage, message):
+    make_sop(tmp_path, n_train_classes=6, n_eval_classes=1 if damage == "one eval class" else 3)
+    if damage == "header only":
+        test_list = tmp_path / "sop" / "Ebay_test.txt"
+        test_list.write_text(test_list.read_text().splitlines()[0] + "\n")
+    flags = ["--experiment", "margin_loss_resnet50", "--dataset", "sop", "--dataset-dir", str(tmp_path)]
+    flags += ["--batch-size", "4", "--num-samples-per-class", "2", "--pretrained", "0"]
+    with pytest.raises(DatasetError, match=re.escape(message)) as info:
+        build_data(parse_config(flags))
+    assert "--dataset-dir" in str(info.value)
 
 
 # ---------------------------------------------------------------- --ratio-classes
