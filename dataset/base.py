@@ -4,6 +4,7 @@ A dataset is parsed once per run (METHOD.md §7.1); clusters, validation splits 
 views of the parsed splits, never re-reads of the annotation files.
 """
 
+import codecs
 import os
 import re
 import sys
@@ -304,10 +305,11 @@ def read_lines(path: str) -> list[str]:
     """The lines of a text annotation file, with a DatasetError naming the line if the file is not UTF-8 text.
 
     Lines end at ``\\n``, ``\\r\\n`` or ``\\r`` only: ``str.splitlines`` also splits at form feeds and other
-    separators, which would make the line numbers in error messages disagree with every text editor.
+    separators, which would make the line numbers in error messages disagree with every text editor. A leading
+    byte-order mark (Windows editors write one) is dropped: it would otherwise join the first field.
     """
     with open(path, "rb") as handle:
-        data = handle.read()
+        data = handle.read().removeprefix(codecs.BOM_UTF8)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:

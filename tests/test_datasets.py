@@ -283,6 +283,27 @@ def test_check_images_finds_corrupt_files(tmp_path):
         load_dataset("cub", tmp_path, check_images=True)
 
 
+@pytest.mark.parametrize(
+    ("name", "make", "lists"),
+    [
+        ("sop", make_sop, ["sop/Ebay_train.txt", "sop/Ebay_test.txt"]),
+        ("inshop", make_inshop, ["in-shop/Eval/list_eval_partition.txt"]),
+        ("vid", make_vid, ["vehicle-id/VehicleID_V1.0/train_test_split/train_list.txt"]),
+    ],
+)
+def test_list_files_with_a_byte_order_mark_and_windows_line_ends_parse_alike(tmp_path, name, make, lists):
+    make(tmp_path / "plain")
+    make(tmp_path / "windows")
+    for relative in lists:
+        path = tmp_path / "windows" / relative
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    plain, windows = (load_dataset(name, tmp_path / kind).splits for kind in ("plain", "windows"))
+    assert list(plain) == list(windows)
+    for split in plain:
+        assert windows[split].labels.tolist() == plain[split].labels.tolist()
+        assert [p.replace("windows", "plain") for p in windows[split].images] == list(plain[split].images)
+
+
 def test_an_unreadable_image_met_by_a_loader_worker_is_one_message_without_the_workers_traceback(tmp_path):
     make_cub(tmp_path, n_classes=4, per_class=2)
     evaluation = load_dataset("cub", tmp_path).splits["eval"]
