@@ -19,6 +19,7 @@ LAYOUT = (
 )
 EXPECTED = {"train": (8054, 98), "eval": (8131, 98)}
 EXPECTED_RECORDS = 16185
+N_CLASSES = 196
 
 
 def cars_root(dataset_dir: str | Path) -> str:
@@ -50,6 +51,11 @@ def read_annotations(mat_path: str) -> tuple[list[str], list[int], dict[int, str
                 f"cars: {mat_path}, annotation record {number}: cannot read relative_im_path {path!r} and class "
                 f"{cls!r}. Restore the file from the Cars196 archive."
             ) from None
+        if not 1 <= classes[-1] <= N_CLASSES:
+            raise DatasetError(
+                f"cars: {mat_path}, annotation record {number}: class {classes[-1]} is outside 1…{N_CLASSES}. "
+                "Restore the file from the Cars196 archive."
+            )
     names = np.atleast_1d(mat.get("class_names", np.array([], dtype=object))).reshape(-1)
     return paths, classes, {k + 1: str(name) for k, name in enumerate(names)}
 
@@ -85,7 +91,11 @@ def _as_class(value) -> int:
 
 
 def load_cars(dataset_dir: str | Path) -> LoadedDataset:
-    """Label = class − 1; the first half of the classes (1–98 of 196) train, the rest eval."""
+    """Label = class − 1; the first half of the class numbers (1–98 of 196) train, the rest eval.
+
+    The split is by class number, up to half the largest one found (98 for the complete dataset), so a class
+    without records does not move another class across it.
+    """
     root = cars_root(dataset_dir)
     require_path(root, "dataset", "cars", LAYOUT, is_dir=True)
     mat_path = os.path.join(root, "cars_annos.mat")
@@ -95,8 +105,7 @@ def load_cars(dataset_dir: str | Path) -> LoadedDataset:
         raise DatasetError(f"cars: {mat_path} lists no image. Restore it from the Cars196 archive.")
     paths = np.asarray([os.path.join(root, path) for path in relative], dtype=str)
     classes = np.asarray(classes, dtype=np.int64)
-    distinct = np.unique(classes)
-    is_train = np.isin(classes, distinct[: distinct.size // 2])
+    is_train = classes <= classes.max() // 2
     splits = {
         name: make_split(name, paths[mask], classes[mask], names=lambda c: names.get(c, str(c)))
         for name, mask in (("train", is_train), ("eval", ~is_train))

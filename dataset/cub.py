@@ -18,7 +18,8 @@ def load_cub(dataset_dir: str | Path) -> LoadedDataset:
     """Class folders sorted by name get labels 0…199; labels 0–99 train, 100–199 eval.
 
     The split point is half the number of class folders found, which is 100 for the complete dataset and keeps
-    both splits usable on a partial copy (the count mismatch is reported as a warning).
+    both splits usable on a partial copy (the count mismatch is reported as a warning). Folders without images
+    count, so that an emptied folder does not move another class across the split.
     """
     root = cub_root(dataset_dir)
     require_path(root, "image", "cub", LAYOUT, is_dir=True)
@@ -28,11 +29,10 @@ def load_cub(dataset_dir: str | Path) -> LoadedDataset:
         if not entry.is_dir() or entry.name.startswith("."):
             continue
         images = sorted(file.path for file in os.scandir(entry.path) if file.is_file() and is_image_file(file.name))
-        if images:
-            folders.append((entry.name, images))
-        else:
-            warnings.append(f"cub: class folder {printable(entry.path)} holds no image and is ignored")
-    if not folders:
+        folders.append((entry.name, images))
+        if not images:
+            warnings.append(f"cub: class folder {printable(entry.path)} holds no image")
+    if not any(images for _, images in folders):
         raise DatasetError(f"cub: no class folder with images under {root}. Expected layout: {LAYOUT}")
     n_train = len(folders) // 2
     splits = {}

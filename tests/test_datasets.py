@@ -62,6 +62,39 @@ def test_cars_reads_the_mat_file_and_splits_by_class(tmp_path):
     assert "cars: expected 16185 annotation records, found 12" in ds.warnings
 
 
+def test_cub_empty_class_folder_keeps_the_split_at_half_the_folders(tmp_path):
+    make_cub(tmp_path, n_classes=6, per_class=2)
+    emptied = tmp_path / "cub-200-2011" / "images" / "005.Bird_4"
+    for image in emptied.iterdir():
+        image.unlink()
+    ds = parse_dataset("cub", tmp_path)
+    assert ds.splits["train"].class_names == ("001.Bird_0", "002.Bird_1", "003.Bird_2")
+    assert ds.splits["eval"].class_names == ("004.Bird_3", "006.Bird_5")
+    assert f"cub: class folder {emptied} holds no image" in ds.warnings
+
+
+def test_cars_class_without_records_keeps_the_split_by_class_number(tmp_path):
+    make_cars(tmp_path, n_classes=6, per_class=2)
+    mat_path = tmp_path / "cars196" / "cars_annos.mat"
+    mat = scipy.io.loadmat(mat_path)
+    kept = np.array([int(np.squeeze(cls)) != 5 for cls in mat["annotations"]["class"][0]])
+    scipy.io.savemat(mat_path, {"annotations": mat["annotations"][:, kept], "class_names": mat["class_names"]})
+    ds = parse_dataset("cars", tmp_path)
+    assert ds.splits["train"].class_names == ("Maker Model 1 2012", "Maker Model 2 2012", "Maker Model 3 2012")
+    assert ds.splits["eval"].class_names == ("Maker Model 4 2012", "Maker Model 6 2012")
+
+
+@pytest.mark.parametrize("cls", [0, -3, 197])
+def test_cars_class_outside_1_to_196_names_the_record(tmp_path, cls):
+    make_cars(tmp_path, n_classes=4, per_class=2)
+    mat_path = tmp_path / "cars196" / "cars_annos.mat"
+    mat = scipy.io.loadmat(mat_path)
+    mat["annotations"]["class"][0, 2] = np.array([[cls]], dtype=np.int16)
+    scipy.io.savemat(mat_path, {"annotations": mat["annotations"], "class_names": mat["class_names"]})
+    with pytest.raises(DatasetError, match=f"annotation record 3: class {cls} is outside 1…196"):
+        parse_dataset("cars", tmp_path)
+
+
 def test_cars_single_record_and_missing_class_names(tmp_path):
     base = tmp_path / "cars196"
     base.mkdir()
