@@ -35,7 +35,7 @@ from lib.env import environment_report
 from lib.errors import CheckpointError, ConfigError, UserFacingError
 from lib.faiss_backend import describe_faiss
 from lib.preemption import PreemptionFlag
-from lib.runs import RunFolder, epoch_tag, setup_logger, stop_on_write_failure
+from lib.runs import STATUS_FILE, RunFolder, epoch_tag, setup_logger, stop_on_write_failure
 from metriclearning.clustering import SeedStream
 from metriclearning.hierarchy import backbone_frozen, is_recluster_epoch, splits_at_epoch, stop_recluster_due
 from metriclearning.optim import build_optimizer, remove_mask_group, scheduled_lr, set_epoch_lrs
@@ -60,6 +60,8 @@ class Trainer:
         plan = _shared_plan(config, dist)
         if plan.finished_epochs is not None:
             if dist.is_main:
+                if plan.run.finish_if_complete(plan.finished_epochs):
+                    print(f"{plan.run.path / STATUS_FILE} did not say finished; it does now.")
                 print(
                     f"already trained for {plan.finished_epochs} epochs ({plan.run.path}); add --overwrite to train "
                     "again, or a larger --nb-epochs to continue."
@@ -146,7 +148,7 @@ class Trainer:
             progress = None
             if record is None:  # preempted mid-epoch: `last` is written, exit 0
                 return
-            if self._stop_requested():
+            if self._stop_requested() and epoch < self.config.nb_epochs - 1:  # after the last: finished anyway
                 self._stop_interrupted(epoch)
                 return
         if self.dist.is_main:
@@ -446,7 +448,8 @@ class Trainer:
         epoch = int(state["epoch"])
         last_completed = epoch - 1 if mid else epoch
         if self.dist.is_main:
-            moved = self.run.reconcile_records(last_completed, None if mid else state["record"])
+            record = None if mid else state["record"]
+            moved = self.run.reconcile_records(last_completed, record, reclustered_epoch=epoch)
             for path in moved:
                 self.log.info(f"moved aside records beyond the checkpoint: {path}")
             self.run.set_status("running", nb_epochs=self.config.nb_epochs, last_epoch=last_completed)

@@ -116,8 +116,9 @@ def train_one_epoch(
         dynamic_ncols=True,
     )
     steps_since_check = 0
+    batches = () if stop_requested() else loader  # a stop during the recluster: before the epoch's first step
     try:
-        for batch in loader:
+        for batch in batches:
             index = batch.batch_index
             labels_np = train_labels[plan[index].indices]
             if not criterion.can_train_on(labels_np):

@@ -157,11 +157,23 @@ class RunFolder:
         self._status = status
         atomic_write_json(self.path / STATUS_FILE, status)
 
-    def reconcile_records(self, last_epoch: int, record_of_last: dict | None) -> list[Path]:
+    def finish_if_complete(self, trained_epochs: int) -> bool:
+        """Mark the run ``finished`` if it trained every epoch its status planned but says otherwise (killed
+        between its last record and the final status write); True if the status changed."""
+        status = read_json(self.path / STATUS_FILE) or {}
+        planned = status.get("nb_epochs")
+        if status.get("state") == "finished" or not isinstance(planned, int) or trained_epochs < planned:
+            return False
+        self._status = status
+        self.set_status("finished", last_epoch=trained_epochs - 1)
+        return True
+
+    def reconcile_records(self, last_epoch: int, record_of_last: dict | None, *, reclustered_epoch: int) -> list[Path]:
         """Make ``epochs.jsonl`` agree with a checkpoint of ``last_epoch`` (METHOD.md §9.3).
 
         Lines of later epochs go to a side file; a missing line for ``last_epoch`` is appended from the
-        checkpoint. Recluster files of later epochs are moved aside, since those reclusters will be redone.
+        checkpoint. Recluster files of epochs after ``reclustered_epoch`` (the checkpoint's epoch: a mid-epoch
+        checkpoint holds that epoch's recluster) are moved aside, since those reclusters will be redone.
         """
         moved: list[Path] = []
         records = self.epoch_records()
@@ -182,7 +194,7 @@ class RunFolder:
                 epoch = int(npz.stem[1:])
             except ValueError:
                 continue
-            if epoch > last_epoch:
+            if epoch > reclustered_epoch:
                 moved.append(move_aside(npz))
         return moved
 

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from lib.runs import RunFolder, epoch_tag, read_epoch_records
 
 
@@ -30,7 +32,7 @@ def test_reconcile_moves_later_lines_aside_and_restores_missing_line(tmp_path):
         run.append_epoch({"epoch": epoch, "R@1": 0.1 * epoch})
     (run.recluster_dir / "e0002.npz").write_bytes(b"x")
     (run.recluster_dir / "e0000.npz").write_bytes(b"x")
-    moved = run.reconcile_records(0, {"epoch": 0, "R@1": 0.0})
+    moved = run.reconcile_records(0, {"epoch": 0, "R@1": 0.0}, reclustered_epoch=0)
     assert [r["epoch"] for r in run.epoch_records()] == [-1, 0]
     assert any("after-e0000" in p.name for p in moved)
     assert (run.recluster_dir / "e0000.npz").exists() and not (run.recluster_dir / "e0002.npz").exists()
@@ -38,11 +40,47 @@ def test_reconcile_moves_later_lines_aside_and_restores_missing_line(tmp_path):
     assert [json.loads(line)["epoch"] for line in side.read_text().splitlines()] == [1, 2]
 
 
+def test_reconcile_for_a_mid_epoch_checkpoint_keeps_that_epochs_recluster(tmp_path):
+    """A checkpoint in the middle of epoch 2 holds epoch 2's recluster, which resuming does not redo."""
+    run = RunFolder(tmp_path / "run")
+    run.create()
+    for epoch in (-1, 0, 1):
+        run.append_epoch({"epoch": epoch})
+    for epoch in (1, 2, 3):
+        (run.recluster_dir / f"e{epoch:04d}.npz").write_bytes(b"x")
+    run.reconcile_records(1, None, reclustered_epoch=2)
+    assert sorted(path.name for path in run.recluster_dir.glob("e*.npz")) == ["e0001.npz", "e0002.npz"]
+    assert [r["epoch"] for r in run.epoch_records()] == [-1, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("status", "trained", "repaired"),
+    [
+        ({"state": "interrupted", "nb_epochs": 3, "last_epoch": 2}, 3, True),
+        ({"state": "running", "nb_epochs": 3, "last_epoch": 2}, 3, True),
+        ({"state": "interrupted", "nb_epochs": 10, "last_epoch": 4}, 5, False),  # a shorter --nb-epochs now
+        ({"state": "finished", "nb_epochs": 3, "last_epoch": 2}, 3, False),
+        (None, 3, False),
+    ],
+)
+def test_finish_if_complete_only_when_every_planned_epoch_was_trained(tmp_path, status, trained, repaired):
+    run = RunFolder(tmp_path / "run")
+    run.create()
+    if status is not None:
+        (run.path / "status.json").write_text(json.dumps({**status, "message": "received SIGTERM"}))
+    assert run.finish_if_complete(trained) is repaired
+    after = json.loads((run.path / "status.json").read_text()) if status is not None else None
+    if repaired:
+        assert after["state"] == "finished" and after["last_epoch"] == trained - 1 and after["message"] is None
+    elif status is not None:
+        assert after["state"] == status["state"]
+
+
 def test_reconcile_appends_line_missing_after_a_kill(tmp_path):
     run = RunFolder(tmp_path / "run")
     run.create()
     run.append_epoch({"epoch": -1})
-    run.reconcile_records(0, {"epoch": 0, "R@1": 0.5})
+    run.reconcile_records(0, {"epoch": 0, "R@1": 0.5}, reclustered_epoch=0)
     assert [r["epoch"] for r in run.epoch_records()] == [-1, 0]
 
 

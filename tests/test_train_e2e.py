@@ -171,6 +171,73 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tmp_path):
         assert torch.equal(model[key], expected_model[key]), key
 
 
+def _stop_after(monkeypatch, method: str, call: int) -> None:
+    """Let ``Trainer.<method>`` request a stop (as SIGTERM would) at the end of its ``call``-th call."""
+    real, calls = getattr(train.Trainer, method), []
+
+    def stopping(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        calls.append(args)
+        if len(calls) == call:
+            self.preemption.signal_name = "SIGTERM"
+        return result
+
+    monkeypatch.setattr(train.Trainer, method, stopping)
+
+
+def test_a_stop_during_a_recluster_takes_effect_before_the_first_step_and_keeps_the_recluster(
+    tmp_path, monkeypatch, capsys
+):
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    reference.mkdir(), stopped.mkdir()
+    assert run_main(RESUME_ARGS, reference, monkeypatch) == 0
+    with monkeypatch.context() as patch:
+        _stop_after(patch, "_recluster", call=3)  # epochs -1, 0, then 2
+        assert run_main(RESUME_ARGS, stopped, monkeypatch) == 0
+    assert "SIGTERM: stopped at epoch 2, batch 0" in capsys.readouterr().err
+    [run] = run_folders(stopped)
+    assert _status(run)["state"] == "interrupted" and _status(run)["last_epoch"] == 1
+    assert run_main(RESUME_ARGS, stopped, monkeypatch) == 0
+    assert "moved aside" not in capsys.readouterr().err  # epoch 2's recluster is the checkpoint's: not redone
+    [expected_run] = run_folders(reference)
+    assert sorted(p.name for p in (run / "recluster").iterdir()) == ["e-001.npz", "e0000.npz", "e0002.npz"]
+    for name in ("e0000.npz", "e0002.npz"):
+        with np.load(run / "recluster" / name) as got, np.load(expected_run / "recluster" / name) as expected:
+            assert all(np.array_equal(got[key], expected[key], equal_nan=True) for key in expected.files), name
+    expected_records, expected_model = _final_state(reference)
+    records, model = _final_state(stopped)
+    assert records == expected_records
+    assert all(torch.equal(model[key], expected_model[key]) for key in model)
+
+
+def test_a_stop_during_the_last_evaluation_still_finishes_the_run(tmp_path, monkeypatch, capsys):
+    args = GLYPHS + ["--nb-epochs", "2"]
+    with monkeypatch.context() as patch:
+        _stop_after(patch, "_evaluate", call=3)  # epochs -1, 0 and 1, the last
+        assert run_main(args, tmp_path, monkeypatch) == 0
+    [run] = run_folders(tmp_path)
+    assert _status(run)["state"] == "finished" and _status(run)["last_epoch"] == 1
+    assert [record["epoch"] for record in epochs_of(run)] == [-1, 0, 1]
+    with pytest.raises(SystemExit) as stop:
+        run_main(args, tmp_path, monkeypatch)
+    assert stop.value.code == 0 and "already trained for 2 epochs" in capsys.readouterr().out
+
+
+def test_a_run_killed_before_its_final_status_is_marked_finished_when_run_again(tmp_path, monkeypatch, capsys):
+    args = GLYPHS + ["--nb-epochs", "1"]
+    assert run_main(args, tmp_path, monkeypatch) == 0
+    [run] = run_folders(tmp_path)
+    (run / "status.json").write_text(json.dumps({**_status(run), "state": "running", "ended": None}))
+    with pytest.raises(SystemExit) as stop:
+        run_main(args, tmp_path, monkeypatch)
+    assert stop.value.code == 0 and "did not say finished; it does now" in capsys.readouterr().out
+    assert _status(run)["state"] == "finished"
+
+
+def _status(run: Path) -> dict:
+    return json.loads((run / "status.json").read_text())
+
+
 # ---------------------------------------------------------------- every dataset layout, one epoch, K = 2 and 3
 SMALL = [
     "--experiment", "margin_loss_resnet50", "--sz-resize", "32", "--sz-crop", "32", "--arch", "resnet18",
