@@ -203,6 +203,7 @@ def evaluate_run(run_dir: Path, options: EvalOptions, device: torch.device) -> R
     """Rebuild the run's model from its config and checkpoint and evaluate the full protocol (METHOD.md §8.3)."""
     record = _read_config(run_dir)
     config = _with_overrides(config_from_dict(record), options)
+    _warn_if_edited(run_dir, config, record)
     checkpoint_path = resolve_checkpoint(run_dir, options.checkpoint)
     state = load_checkpoint(checkpoint_path, hint=" Choose another with --checkpoint (best, last or a file).")
     n_masks = _check_state(state, checkpoint_path, record)
@@ -277,6 +278,24 @@ def _read_config(run_dir: Path) -> dict:
     if not isinstance(record, dict):
         raise ConfigError(f"{path} does not hold a JSON object; the record is damaged.")
     return record
+
+
+def _warn_if_edited(run_dir: Path, config: Config, record: dict) -> None:
+    """A warning when config.json's settings no longer hash to the hash training recorded in it: the model is
+    rebuilt from the file as it is, which may not be how it was trained."""
+    derived = record.get("derived")
+    recorded = derived.get("config_hash") if isinstance(derived, dict) else None
+    try:
+        current = config.hash()
+    except ConfigError:  # a hashed file (--split-file, --pretrained-weights) moved: nothing to compare
+        return
+    if recorded is not None and current != recorded:
+        print(
+            f"{run_dir.resolve().name}: warning: the settings in {CONFIG_FILE} hash to {current}, not to the "
+            f"{recorded} recorded at training: the file was edited (or written by another version of this code); "
+            "the model is rebuilt from it as it is now.",
+            file=sys.stderr,
+        )
 
 
 def _with_overrides(config: Config, options: EvalOptions) -> Config:

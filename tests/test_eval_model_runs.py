@@ -63,6 +63,7 @@ def test_best_matches_the_training_record_and_writes_json_next_to_the_checkpoint
     assert code == 0, err
     assert run.name in out and "R@1" in out and "MAP@R" in out and "±" in out
     assert "  kNN: blocked sgemm (symmetric) (cpu)" in out.splitlines()  # the engine that ran
+    assert "warning" not in err
     saved = json.loads((run / "checkpoints" / "best.eval.json").read_text())
     assert METRIC_KEYS | {"run", "checkpoint", "epoch"} <= set(saved)
     assert saved["run"] == run.name and saved["epoch"] == 0 and saved["best_epoch"] == 0
@@ -143,6 +144,18 @@ def test_a_config_with_impossible_values_is_reported_and_the_next_run_still_runs
     assert "b-good" in out and (good / "checkpoints" / "best.eval.json").is_file()
 
 
+def test_an_edited_config_is_evaluated_as_it_is_with_a_warning(trained_run, tmp_path, capsys):
+    run = copy_run(trained_run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config["sz_crop"] = 24
+    (run / "config.json").write_text(json.dumps(config))
+    code, _, err = evaluate(capsys, str(run), "--json")
+    assert code == 0
+    [line] = [line for line in err.splitlines() if "warning" in line]
+    assert f"{run.name}: warning: the settings in config.json hash to" in line
+    assert config["derived"]["config_hash"] in line and "edited" in line
+
+
 def test_an_unexpected_error_in_one_run_is_reported_and_the_next_run_still_runs(
     trained_run, tmp_path, capsys, monkeypatch
 ):
@@ -172,7 +185,7 @@ def test_missing_dataset_dir_is_reported_with_the_override_hint(trained_run, tmp
     nowhere = tmp_path / "moved-data"
     code, out, err = evaluate(capsys, str(run), "--dataset-dir", str(nowhere))
     assert code == 2 and out == ""
-    [line] = err.splitlines()
+    [line] = [line for line in err.splitlines() if "cannot be evaluated" in line]  # also: a warning on the edit
     assert line.startswith(f"{run.name}: cannot be evaluated") and str(nowhere) in line and "--dataset-dir" in line
 
 
