@@ -563,6 +563,8 @@ _SHOWN_DEFAULTS = {"dataset_dir": "<cwd>/DataPath", "eval_batch_size": "--batch-
 
 def _help_text(flag: Flag) -> str:
     default = _SHOWN_DEFAULTS.get(flag.dest, "none" if flag.default is None else flag.default)
+    if flag.parse is zero_one:  # typed as 0 or 1, so shown as 0 or 1, not False or True
+        default = int(flag.default)
     text = flag.help if flag.parse is None else f"{flag.help} Default: {default}."
     return text.replace("%", "%%")
 

@@ -35,6 +35,9 @@ def plan_run(config: Config, log=print) -> RunPlan:
     explicit = config.resume or config.checkpoint
     if explicit:
         target = Path(explicit)
+        if not target.exists():
+            flag = "--resume" if config.resume != config.checkpoint else "--checkpoint"
+            raise ConfigError(f"{flag} {explicit}: no such file or run folder; give a checkpoint file or a run folder.")
         if target.is_dir():
             run, first = RunFolder(target), RunFolder(target).checkpoint_path("last")
         else:

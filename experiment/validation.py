@@ -102,7 +102,10 @@ def validate_against_dataset(config: Config, n_train_classes: int, n_train_image
 
 def _range_errors(config: Config) -> list[str]:
     errors = []
+    derived_eval_batch = "eval_batch_size" not in config.explicit_flags and config.eval_batch_size == config.batch_size
     for field in _POSITIVE_INTS:
+        if field == "eval_batch_size" and derived_eval_batch:  # --batch-size's own error says it all
+            continue
         if getattr(config, field) < 1:
             errors.append(f"{flag(field)} must be a positive integer, got {getattr(config, field)}.")
     for field in _NON_NEGATIVE_INTS:

@@ -298,8 +298,18 @@ def test_help_prints_and_exits_zero(capsys):
     with pytest.raises(SystemExit) as exited:
         parse("--help")
     assert exited.value.code == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
     assert "--mod-epoch-freeze" in out and "Default: top_bot" in out
+    assert "Default: True" not in out and "Default: False" not in out  # {0,1} flags show 0 or 1
+    assert "random initialisation (small built-in data, tests). Default: 1." in out
+
+
+def test_a_zero_batch_size_is_one_error_not_also_one_for_the_eval_batch_size_it_implies():
+    with pytest.raises(ConfigError) as error:
+        parse("--batch-size", "0")
+    assert str(error.value) == "--batch-size must be a positive integer, got 0."
+    with pytest.raises(ConfigError, match="--eval-batch-size must be a positive integer"):
+        parse("--eval-batch-size", "0")
 
 
 @pytest.mark.parametrize(

@@ -234,6 +234,15 @@ def test_a_run_killed_before_its_final_status_is_marked_finished_when_run_again(
     assert _status(run)["state"] == "finished"
 
 
+@pytest.mark.parametrize("flag", ["--resume", "--checkpoint"])
+def test_resuming_from_a_path_that_does_not_exist_is_one_error(tmp_path, monkeypatch, capsys, flag):
+    missing = tmp_path / "nowhere" / "last.pt"
+    assert run_main(GLYPHS + [flag, str(missing)], tmp_path, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {flag} {missing}: no such file or run folder; give a checkpoint file or a run folder.\n"
+    assert not (tmp_path / "log").exists()
+
+
 def _status(run: Path) -> dict:
     return json.loads((run / "status.json").read_text())
 
