@@ -1,5 +1,6 @@
 """One entry point from ``--dataset NAME`` to a parsed, class-subsetted and file-checked dataset."""
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,6 +10,7 @@ from dataset.cars import cars_root, load_cars
 from dataset.cub import cub_root, load_cub
 from dataset.folder import load_folder
 from dataset.inshop import inshop_root, load_inshop
+from dataset.overlaps import overlap_warnings
 from dataset.sop import load_sop, sop_root
 from dataset.subsets import apply_ratio_classes
 from dataset.vid import load_vid, vid_root
@@ -44,13 +46,16 @@ def parse_dataset(
     if split_file is not None and name != "folder":
         raise ConfigError(f"--split-file applies only to --dataset folder, not to --dataset {name}.")
     if name == "folder":
-        return load_folder(dataset_dir, split_file)
-    if name == "glyphs":
+        dataset = load_folder(dataset_dir, split_file)
+    elif name == "glyphs":
         from dataset.glyphs import load_glyphs  # renders fonts with matplotlib: imported only when needed
 
         cache_dir = str(dataset_dir) if glyphs_cache and os.path.isdir(dataset_dir) else None
-        return load_glyphs(n_classes=glyphs_classes, renders=glyphs_renders, size=glyphs_size, cache_dir=cache_dir)
-    return PARSERS[name](dataset_dir)
+        dataset = load_glyphs(n_classes=glyphs_classes, renders=glyphs_renders, size=glyphs_size, cache_dir=cache_dir)
+    else:
+        dataset = PARSERS[name](dataset_dir)
+    overlaps = overlap_warnings(dataset)
+    return dataclasses.replace(dataset, warnings=[*dataset.warnings, *overlaps]) if overlaps else dataset
 
 
 def load_dataset(

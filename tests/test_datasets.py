@@ -337,6 +337,41 @@ def test_list_files_with_a_byte_order_mark_and_windows_line_ends_parse_alike(tmp
         assert [p.replace("windows", "plain") for p in windows[split].images] == list(plain[split].images)
 
 
+def test_repeated_images_and_classes_shared_with_train_are_warned_about(tmp_path):
+    make_sop(tmp_path, n_train_classes=3, n_eval_classes=3, per_class=2)
+    train_list, test_list = tmp_path / "sop" / "Ebay_train.txt", tmp_path / "sop" / "Ebay_test.txt"
+    train_lines = train_list.read_text().splitlines()
+    test_lines = test_list.read_text().splitlines()
+    test_list.write_text("\n".join([*test_lines, test_lines[1], train_lines[1]]) + "\n")  # a repeat, a train image
+    warnings = parse_dataset("sop", tmp_path).warnings
+    root = tmp_path / "sop"
+    repeated = root / test_lines[1].split()[3]
+    assert f"sop eval: 1 image(s) listed more than once, e.g. {repeated}; each listing counts as a separate image" in (
+        warnings
+    )
+    assert "sop: 1 class(es) of train also in eval, e.g. 1; the splits should share no class" in warnings
+    assert f"sop: 1 image(s) of train also in eval, e.g. {root / train_lines[1].split()[3]}" in warnings
+
+
+def test_an_image_that_is_both_query_and_gallery_is_warned_about(tmp_path):
+    make_inshop(tmp_path)
+    partition = tmp_path / "in-shop" / "Eval" / "list_eval_partition.txt"
+    lines = partition.read_text().splitlines()
+    query = next(line for line in lines[2:] if line.endswith(" query"))
+    partition.write_text("\n".join([str(len(lines) - 1), *lines[1:], query.replace(" query", " gallery")]) + "\n")
+    warnings = parse_dataset("inshop", tmp_path).warnings
+    assert f"inshop: 1 image(s) of query also in gallery, e.g. {tmp_path / 'in-shop' / query.split()[0]}" in warnings
+
+
+def test_clean_lists_give_no_overlap_warning(tmp_path):
+    make_sop(tmp_path / "sop")
+    make_inshop(tmp_path / "inshop")
+    make_vid(tmp_path / "vid")
+    for name, root in (("sop", "sop"), ("inshop", "inshop"), ("vid", "vid")):
+        warnings = parse_dataset(name, tmp_path / root).warnings
+        assert not any("also in" in w or "more than once" in w for w in warnings), (name, warnings)
+
+
 def test_an_unreadable_image_met_by_a_loader_worker_is_one_message_without_the_workers_traceback(tmp_path):
     make_cub(tmp_path, n_classes=4, per_class=2)
     evaluation = load_dataset("cub", tmp_path).splits["eval"]
