@@ -283,8 +283,7 @@ def _read_config(run_dir: Path) -> dict:
 def _warn_if_edited(run_dir: Path, config: Config, record: dict) -> None:
     """A warning when config.json's settings no longer hash to the hash training recorded in it: the model is
     rebuilt from the file as it is, which may not be how it was trained."""
-    derived = record.get("derived")
-    recorded = derived.get("config_hash") if isinstance(derived, dict) else None
+    recorded = _recorded_hash(record)
     try:
         current = config.hash()
     except ConfigError:  # a hashed file (--split-file, --pretrained-weights) moved: nothing to compare
@@ -296,6 +295,12 @@ def _warn_if_edited(run_dir: Path, config: Config, record: dict) -> None:
             "the model is rebuilt from it as it is now.",
             file=sys.stderr,
         )
+
+
+def _recorded_hash(record: dict) -> str | None:
+    """The config hash training wrote into config.json (``derived.config_hash``), if the record has one."""
+    derived = record.get("derived")
+    return derived.get("config_hash") if isinstance(derived, dict) else None
 
 
 def _with_overrides(config: Config, options: EvalOptions) -> Config:
@@ -318,8 +323,7 @@ def _check_state(state: dict, path: Path, record: dict) -> int:
         ) from None
     if not isinstance(weights, dict) or not isinstance(n_masks, int) or n_masks < 1:
         raise CheckpointError(f"{path} holds malformed weights or mask count; it is not a run checkpoint.")
-    derived = record.get("derived")
-    expected = derived.get("config_hash") if isinstance(derived, dict) else None
+    expected = _recorded_hash(record)
     found = state.get("config_hash")
     if expected is not None and found is not None and found != expected:
         raise CheckpointError(

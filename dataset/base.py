@@ -229,12 +229,18 @@ def count_warnings(dataset: str, splits: dict[str, Split], expected: dict[str, t
     return warnings
 
 
+def path_array(split: Split) -> np.ndarray | None:
+    """The split's image paths as a numpy string array; None for in-memory images (glyphs) or a plain list."""
+    images = split.images
+    return images if isinstance(images, np.ndarray) and images.dtype.kind == "U" else None
+
+
 def file_paths(dataset: LoadedDataset) -> list[str]:
     """Every distinct image path of the dataset (vid's test lists share images), in first-seen order."""
     paths: dict[str, None] = {}
     for split in dataset.splits.values():
-        if isinstance(split.images, np.ndarray) and split.images.dtype.kind == "U":
-            paths.update(dict.fromkeys(split.images.tolist()))
+        if (array := path_array(split)) is not None:
+            paths.update(dict.fromkeys(array.tolist()))
         else:
             paths.update((str(image), None) for image in split.images if isinstance(image, str))
     return list(paths)

@@ -8,7 +8,7 @@ can, and nothing else would say so.
 
 import numpy as np
 
-from dataset.base import LoadedDataset, Split, printable
+from dataset.base import LoadedDataset, Split, path_array, printable
 
 
 def overlap_warnings(dataset: LoadedDataset) -> list[str]:
@@ -22,7 +22,7 @@ def overlap_warnings(dataset: LoadedDataset) -> list[str]:
 
 
 def _repeated_images(dataset_name: str, name: str, split: Split) -> str | None:
-    paths = _paths(split)
+    paths = path_array(split)
     if paths is None:
         return None
     unique, counts = np.unique(paths, return_counts=True)
@@ -44,7 +44,7 @@ def _shared(dataset_name: str, first: str, second: str, a: Split, b: Split) -> l
                 f"{dataset_name}: {classes.size} class(es) of train also in {second}, e.g. {classes[0]}; "
                 "the splits should share no class"
             )
-    paths_a, paths_b = _paths(a), _paths(b)
+    paths_a, paths_b = path_array(a), path_array(b)  # None: in-memory images, nothing to compare
     if paths_a is not None and paths_b is not None:
         images = np.intersect1d(paths_a, paths_b)
         if images.size:
@@ -52,9 +52,3 @@ def _shared(dataset_name: str, first: str, second: str, a: Split, b: Split) -> l
                 f"{dataset_name}: {images.size} image(s) of {first} also in {second}, e.g. {printable(str(images[0]))}"
             )
     return warnings
-
-
-def _paths(split: Split) -> np.ndarray | None:
-    """The split's image paths; None for in-memory images (glyphs), which have no identity to compare."""
-    images = split.images
-    return images if isinstance(images, np.ndarray) and images.dtype.kind == "U" else None

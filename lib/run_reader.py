@@ -194,17 +194,15 @@ def _record_facts(run_dir: Path, summary: RunSummary) -> None:
         missing = sorted(set(range(summary.epochs_run)) - set(trained))
         summary.notes.append(f"{EPOCHS_FILE} lacks epoch(s) {_spans(missing)}")
     best, summary.selection = select_best(records)
-    summary.notes += _bad_values(records, ("R@1", "val/R@1", *SUMMARY_METRICS))
+    summary.recall_ks = _recall_ks(summary.dataset, best)
+    keys = [f"R@{k}" for k in summary.recall_ks] + list(SUMMARY_METRICS)
+    summary.notes += _bad_values(records, dict.fromkeys(["R@1", "val/R@1", *keys]))
     if best is None:
         if trained:
             summary.notes.append(f"no {summary.selection} recorded")
-        summary.recall_ks = _recall_ks(summary.dataset, None)
         return
     summary.best_epoch = best["epoch"]
-    summary.recall_ks = _recall_ks(summary.dataset, best)
-    keys = [f"R@{k}" for k in summary.recall_ks] + list(SUMMARY_METRICS)
     summary.metrics = {key: as_number(best.get(key)) for key in keys}
-    summary.notes += _bad_values([best], [key for key in keys if key != "R@1" and key not in SUMMARY_METRICS])
     if summary.k_final is None and as_number(records[-1].get("K")) is not None:
         summary.k_final = int(records[-1]["K"])
 
