@@ -11,13 +11,16 @@ Evaluation needs the k nearest gallery items of every query once (METHOD.md §8.
 Determinism (why every engine returns the same neighbours): an engine returns a pool of the
 ``k + POOL_EXTRA`` best candidates by its own float32 distances. The pool is ordered by (distance, index),
 so exact ties go to the smaller index. Float32 rounding can still order two nearly equidistant items
-differently in different engines (or block sizes). So every candidate whose float32 distance lies within a
-generous rounding tolerance of a neighbour in its pool gets its distance recomputed in float64 from the
-vectors, and each such group is re-sorted by (distance, index). The result is the exact order, whatever the
-engine, unless rounding errors exceed the tolerance (lib/knn_ties.py) or more than ``POOL_EXTRA``
-items lie within it of the k-th neighbour's distance. Exact duplicates get bit-identical distances, hence
-index order. Within an engine, results are bit-identical from run to run, whatever the thread timing.
+differently in different engines (or block sizes). So candidates whose float32 distances lie within a
+generous rounding tolerance of each other form near-tie groups; each group that straddles a requested cut
+(by default every position) gets its distances recomputed in float64 from the vectors and is re-sorted by
+(distance, index). The result is exact at every cut (by default the exact order), whatever the engine,
+unless rounding errors exceed the tolerance (lib/knn_ties.py) or more than ``POOL_EXTRA`` items lie within
+it of the k-th neighbour's distance. Exact duplicates get bit-identical distances, hence index order. Within
+an engine, results are bit-identical from run to run, whatever the thread timing.
 """
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -43,6 +46,7 @@ def knn_search(
     device: torch.device | str | int | None = None,
     exclude_self: bool = False,
     chunk_size: int | None = None,
+    exact_cuts: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """The ``k`` nearest gallery rows of each query: (squared distances (Q,k) float32, indices (Q,k) int64, method).
 
@@ -54,6 +58,10 @@ def knn_search(
     ``IndexFlatL2``.
     ``chunk_size``: block edge (memory is about chunk_size**2 floats per worker); None picks a default. Small
     values exercise many blocks in tests.
+    ``exact_cuts``: the counts c whose first c neighbours must be exactly the c nearest (ties by index); None:
+    every c from 1 to k, i.e. the exact order. Near ties that straddle no cut keep their float32 order, so a
+    caller that needs only some cuts (a metric's R@k sets and its first R positions) saves most of the float64
+    re-ranking.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown kNN backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -70,6 +78,7 @@ def knn_search(
         raise ValueError(f"cannot find k={k} neighbours in a gallery of {g.shape[0] - int(exclude_self)} items")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    cuts = _pool_cuts(exact_cuts, k, exclude_self)
     pool = min(g.shape[0], needed + POOL_EXTRA)
     symmetric = exclude_self and q.shape[0] == g.shape[0]
 
@@ -91,9 +100,18 @@ def knn_search(
         if backend == "faiss-gpu":
             method += f", faiss-gpu fallback: {pool} candidates (k = {k} + {pool - k} extra) > {FAISS_GPU_MAX_K}"
     keys.sort(axis=1)
-    values, indices = resolve_near_ties(q, g, key_distances(keys), keys & 0xFFFFFFFF, needed)
-    values, indices = _drop_self(values, indices, k) if exclude_self else (values[:, :k], indices[:, :k])
-    return values.astype(np.float32), indices, method
+    values, indices = resolve_near_ties(q, g, key_distances(keys), keys & 0xFFFFFFFF, cuts)
+    values, indices = _drop_self(values, indices, k) if exclude_self else (values[:, :k].copy(), indices[:, :k].copy())
+    return values, indices, method
+
+
+def _pool_cuts(exact_cuts: Sequence[int] | None, k: int, exclude_self: bool) -> np.ndarray:
+    """The pool positions whose sets must be exact. Without self-exclusion they are the cuts; with it, the
+    query's own entry (dropped later) may come before a cut c or not, so both c and c + 1 count."""
+    cuts = np.arange(1, k + 1) if exact_cuts is None else np.unique(np.asarray(exact_cuts, dtype=np.int64))
+    if cuts.ndim != 1 or (cuts.size and (cuts[0] < 1 or cuts[-1] > k)):
+        raise ValueError(f"exact_cuts must be counts between 1 and k={k}, got {exact_cuts}")
+    return np.union1d(cuts, cuts + 1) if exclude_self else cuts
 
 
 def _resolve_device(device, queries) -> torch.device:

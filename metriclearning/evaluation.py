@@ -55,9 +55,16 @@ def evaluate_retrieval(
 
     ks = [k for k in recall_ks if k <= gallery_size]
     relevant = np.bincount(gallery_codes, minlength=codes.max() + 1)[query_codes] - int(self_retrieval)
-    k_search = max(1, *ks, int(relevant.max()))
+    r_max = int(relevant.max())
+    k_search = max(1, *ks, r_max)
     _, neighbours, method = knn_search(
-        queries, gallery, k_search, backend=backend, device=device, exclude_self=self_retrieval
+        queries,
+        gallery,
+        k_search,
+        backend=backend,
+        device=device,
+        exclude_self=self_retrieval,
+        exact_cuts=sorted({*ks, *range(1, r_max + 1)}),
     )
     neighbour_codes = gallery_codes[neighbours]
 

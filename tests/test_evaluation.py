@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+import lib.knn as knn_module
 import metriclearning.evaluation as evaluation
+from lib.knn_keys import make_keys
 from metriclearning.evaluation import evaluate_retrieval, evaluate_vid
 from metriclearning.metrics import nmi
 from tests.devices import cuda_only
@@ -29,6 +31,25 @@ def test_self_retrieval_hand_case():
     assert (result["n_queries"], result["n_queries_R0"]) == (5, 0)
     assert result["NMI"] is None and result["NMI_std"] is None
     assert "knn_method" in result
+
+
+def test_near_ties_inside_the_first_r_are_ordered_exactly(monkeypatch):
+    """MAP@R needs the order of each query's first R neighbours, not only the R@k sets: with recall_ks (4,) a
+    float32 tie between items 1 (B, exact distance 1 + 1e-6) and 2 (A, exactly 1) in query 0's pool must still
+    be resolved, or query 0's precision at 1 turns from 1 to 0."""
+    x = np.array([[0, 0], [1, 1e-3], [1, 0], [2, 0], [3, 0]], dtype=np.float32)
+    labels = np.array(["A", "B", "A", "A", "C"])
+    expected = evaluate_retrieval(x, labels, recall_ks=(4,), with_nmi=False)
+    engine = knn_module.cpu_self_search
+
+    def rounding_engine(*args):
+        keys = engine(*args)
+        keys[0] = make_keys(np.array([0, 1, 1, 4, 9], dtype=np.float32), np.arange(5))
+        return keys
+
+    monkeypatch.setattr(knn_module, "cpu_self_search", rounding_engine)
+    result = evaluate_retrieval(x, labels, recall_ks=(4,), with_nmi=False)
+    assert result["MAP@R"] == pytest.approx(expected["MAP@R"]) and result["mARP"] == pytest.approx(expected["mARP"])
 
 
 def test_query_gallery_hand_case_with_a_query_class_missing_from_the_gallery():

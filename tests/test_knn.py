@@ -5,9 +5,12 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
+import lib.knn as knn_module
 import lib.knn_cpu as knn_cpu
+import lib.knn_ties as knn_ties
 from lib.errors import ConfigError
 from lib.knn import knn_search
+from lib.knn_keys import make_keys
 from tests.devices import on_cuda, skip_without_faiss_gpu
 
 ENGINES = [
@@ -202,3 +205,33 @@ def test_rank_in_tiles_bounds_the_rank_th_smallest_from_above(axis):
     exact = np.sort(distances, axis=axis).take(4, axis=axis)
     assert bound.shape == exact.shape and (bound >= exact).all()
     assert ((distances <= np.expand_dims(bound, axis)).sum(axis) >= 5).all()
+
+
+def test_exact_cuts_reorder_only_near_ties_that_straddle_a_cut(monkeypatch):
+    """Query 0's engine pool reads [0, 1, 1, 4, 9] for items 0..4, as if float32 had rounded item 1 (exact 1 + 1e-6)
+    and item 2 (exact 1) to one value; the exact order puts item 2 first."""
+    x = np.array([[0, 0], [1, 1e-3], [1, 0], [2, 0], [3, 0]], dtype=np.float32)
+    engine = knn_module.cpu_self_search
+
+    def rounding_engine(*args):
+        keys = engine(*args)
+        keys[0] = make_keys(np.array([0, 1, 1, 4, 9], dtype=np.float32), np.arange(5))
+        return keys
+
+    recomputed_rows = []
+    exact_distances = knn_ties._exact_distances
+
+    def spy(q, g, rows, cols):
+        recomputed_rows.extend(rows.tolist())
+        return exact_distances(q, g, rows, cols)
+
+    monkeypatch.setattr(knn_module, "cpu_self_search", rounding_engine)
+    monkeypatch.setattr(knn_ties, "_exact_distances", spy)
+    assert knn_search(x, x, 3, exclude_self=True)[1][0].tolist() == [2, 1, 3]  # default: the exact order
+    # Cut 1: the query's own entry comes first in its pool, so its first neighbour is the pool's positions 1..2.
+    assert knn_search(x, x, 1, exclude_self=True, exact_cuts=[1])[1][0].tolist() == [2]
+    recomputed_rows.clear()
+    _, indices, _ = knn_search(x, x, 3, exclude_self=True, exact_cuts=[3])  # the tie is within the first 3
+    assert indices[0].tolist() == [1, 2, 3] and 0 not in recomputed_rows
+    with pytest.raises(ValueError, match="exact_cuts"):
+        knn_search(x, x, 3, exclude_self=True, exact_cuts=[4])
