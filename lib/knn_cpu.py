@@ -266,22 +266,26 @@ def _limited_task(candidates, products, rows: slice, cols: slice, order, to_cols
 
 
 def _offer(candidates, hit_rows, hit_cols, distances, block: tuple[slice, slice], order, to_rows, to_cols) -> None:
-    """Offer block entries to their rows and/or columns, each where within its limit.
+    """Offer block entries to their rows and/or columns, each where within its limit, in one call.
 
-    Entries go to the columns' buffers grouped by column, by a stable (radix) sort.
+    Entries go to the columns' buffers grouped by column, by a stable (radix) sort. Both kinds of targets can
+    share one offer because a block offered both ways has disjoint row and column ranges.
     """
     rows, cols = block
+    parts = []
     if to_rows:
         keep = distances <= candidates.admit[rows][hit_rows]
-        candidates.offer(hit_rows[keep] + rows.start, make_keys(distances[keep], order[cols][hit_cols[keep]]))
+        parts.append((hit_rows[keep] + rows.start, distances[keep], order[cols][hit_cols[keep]]))
     if to_cols:
-        keep = distances <= candidates.admit[cols][hit_cols]
-        hit_rows, hit_cols = hit_rows[keep], hit_cols[keep]
-        by_column = np.argsort(
-            hit_cols.astype(np.uint16) if cols.stop - cols.start <= 2**16 else hit_cols, kind="stable"
-        )
-        keys = make_keys(distances[keep], order[rows][hit_rows])
-        candidates.offer(hit_cols[by_column] + cols.start, keys[by_column])
+        keep = np.flatnonzero(distances <= candidates.admit[cols][hit_cols])
+        by_column = keep[
+            np.argsort(
+                hit_cols[keep].astype(np.uint16) if cols.stop - cols.start <= 2**16 else hit_cols[keep], kind="stable"
+            )
+        ]
+        parts.append((hit_cols[by_column] + cols.start, distances[by_column], order[rows][hit_rows[by_column]]))
+    targets, values, partners = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+    candidates.offer(targets, make_keys(values, partners))
 
 
 def _layout(chunk_size: int | None, pool: int, n_gallery: int, symmetric: bool) -> tuple[int, int, int]:
