@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=[b for b in BACKENDS if b != "faiss-flat"],
         default="faiss",
-        help="kNN and k-means implementation (METHOD.md §8.6); faiss-gpu needs a GPU build",
+        help="kNN and k-means implementation (METHOD.md §8.6; default: faiss). faiss and auto search neighbours "
+        "with the fastest exact engine of the device (on CPU, blocked sgemm; the table names it); faiss-gpu needs "
+        "a GPU build of faiss",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(

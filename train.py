@@ -11,6 +11,7 @@ Every flag is documented in experiment/margin_loss_resnet50.py and METHOD.md.
 """
 
 import contextlib
+import datetime
 import logging
 import math
 import random
@@ -153,9 +154,7 @@ class Trainer:
                 return
         if self.dist.is_main:
             self.run.set_status("finished", last_epoch=self.config.nb_epochs - 1)
-            self.log.info(
-                f"finished: best {self.selection_key} {self.flags.best_value} at epoch {self.flags.best_epoch}"
-            )
+            self.log.info(f"finished: {self._best_summary()}; total time {self._total_time()}")
 
     def _initial_evaluation_and_clustering(self) -> None:
         """Epoch -1: evaluate the untrained model and cluster with the starting K (METHOD.md §3.1 steps 7-8)."""
@@ -460,6 +459,17 @@ class Trainer:
         return epoch + 1, None
 
     # ------------------------------------------------------------------ logging
+    def _best_summary(self) -> str:
+        if self.flags.best_value is None:
+            return f"no {self.selection_key} recorded"
+        return f"best {self.selection_key} {100 * self.flags.best_value:.2f} at epoch {self.flags.best_epoch}"
+
+    def _total_time(self) -> str:
+        """Training, reclustering and evaluation time of every recorded epoch, earlier sessions of a resumed
+        run included (start-up and data loading are not in the records)."""
+        seconds = sum((record.get("train_s") or 0) + (record.get("eval_s") or 0) for record in self.run.epoch_records())
+        return str(datetime.timedelta(seconds=round(seconds)))
+
     def _format_metrics(self, metrics: dict) -> str:
         shown = [key for key in metrics if key.startswith(("R@", "val/R@")) or key in ("NMI", "MAP@R", "mARP")]
         return ", ".join(f"{key} {100 * metrics[key]:.2f}" for key in shown if metrics[key] is not None)

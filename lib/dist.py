@@ -50,9 +50,24 @@ def all_gather_rows(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
     """
     if not context.distributed:
         return tensor
-    from torch.distributed.nn.functional import all_gather
+    return _GatherRows.apply(tensor)
 
-    return torch.cat(all_gather(tensor), dim=0)
+
+class _GatherRows(torch.autograd.Function):
+    """Concatenate every rank's equally many rows; the backward hands each rank the sum over ranks of the
+    gradients of its own rows. Written out because torch.distributed.nn's all_gather is deprecated."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(torch_dist.get_world_size())]
+        torch_dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        summed = grad.clone(memory_format=torch.contiguous_format)
+        torch_dist.all_reduce(summed)
+        return summed.chunk(torch_dist.get_world_size(), dim=0)[torch_dist.get_rank()]
 
 
 def all_reduce_sum_array(array: np.ndarray, context: DistContext, device: torch.device) -> np.ndarray:

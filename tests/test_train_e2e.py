@@ -1,5 +1,6 @@
 """End-to-end CPU runs of train.py on tiny data: run folder contents, schedule, resume, finished runs."""
 
+import datetime
 import json
 import os
 import signal
@@ -60,6 +61,9 @@ def test_top_down_run_splits_each_epoch_and_records_everything(tmp_path, monkeyp
     assert set(records[3]["lr"]) == {"backbone", "embedding"}  # the mask group leaves at the conquer switch
     best = max(records[1:], key=lambda r: r["R@1"])
     assert records[-1]["best_epoch"] == next(r["epoch"] for r in records[1:] if r["R@1"] == best["R@1"])
+    total = datetime.timedelta(seconds=round(sum((r["train_s"] or 0) + r["eval_s"] for r in records)))
+    best_line = f"best R@1 {100 * best['R@1']:.2f} at epoch {records[-1]['best_epoch']}"
+    assert (run / "log.txt").read_text().splitlines()[-1].endswith(f"finished: {best_line}; total time {total}")
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["last_epoch"] == 2
     names = sorted(p.name for p in (run / "recluster").iterdir())
