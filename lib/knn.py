@@ -8,7 +8,7 @@ Evaluation needs the k nearest gallery items of every query once (METHOD.md §8.
 * faiss CPU ``IndexFlatL2`` and faiss GPU ``GpuIndexFlatL2`` (up to its limit of 2048 candidates, which are k
   plus the pool extras below; beyond that, torch on the GPU).
 
-Determinism (why every engine returns the same neighbours): an engine returns a pool of the
+Determinism (why every engine returns the same neighbours at the requested cuts): an engine returns a pool of the
 ``k + POOL_EXTRA`` best candidates by its own float32 distances. The pool is ordered by (distance, index),
 so exact ties go to the smaller index. Float32 rounding can still order two nearly equidistant items
 differently in different engines (or block sizes). So candidates whose float32 distances lie within a
@@ -16,8 +16,10 @@ generous rounding tolerance of each other form near-tie groups; each group that 
 (by default every position) gets its distances recomputed in float64 from the vectors and is re-sorted by
 (distance, index). The result is exact at every cut (by default the exact order), whatever the engine,
 unless rounding errors exceed the tolerance (lib/knn_ties.py) or more than ``POOL_EXTRA`` items lie within
-it of the k-th neighbour's distance. Exact duplicates get bit-identical distances, hence index order. Within
-an engine, results are bit-identical from run to run, whatever the thread timing.
+it of the k-th neighbour's distance. Exact duplicates get bit-identical distances, hence index order, in the
+groups that are recomputed; between cuts, items keep the engine's float32 order and values, which engines may
+round differently (only the sets at the cuts are then engine-independent). Within an engine, results are
+bit-identical from run to run, whatever the thread timing.
 """
 
 from collections.abc import Sequence
@@ -108,9 +110,15 @@ def knn_search(
 def _pool_cuts(exact_cuts: Sequence[int] | None, k: int, exclude_self: bool) -> np.ndarray:
     """The pool positions whose sets must be exact. Without self-exclusion they are the cuts; with it, the
     query's own entry (dropped later) may come before a cut c or not, so both c and c + 1 count."""
-    cuts = np.arange(1, k + 1) if exact_cuts is None else np.unique(np.asarray(exact_cuts, dtype=np.int64))
-    if cuts.ndim != 1 or (cuts.size and (cuts[0] < 1 or cuts[-1] > k)):
-        raise ValueError(f"exact_cuts must be counts between 1 and k={k}, got {exact_cuts}")
+    if exact_cuts is None:
+        cuts = np.arange(1, k + 1)
+    else:
+        given = np.asarray(exact_cuts)
+        if given.ndim != 1 or not (given.size == 0 or np.issubdtype(given.dtype, np.integer)):
+            raise ValueError(f"exact_cuts must be a sequence of integer counts, got {exact_cuts!r}")
+        cuts = np.unique(given.astype(np.int64))
+        if cuts.size and (cuts[0] < 1 or cuts[-1] > k):
+            raise ValueError(f"exact_cuts must be counts between 1 and k={k}, got {exact_cuts!r}")
     return np.union1d(cuts, cuts + 1) if exclude_self else cuts
 
 

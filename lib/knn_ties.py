@@ -24,7 +24,7 @@ def resolve_near_ties(
     (u = 2**-24) of a neighbour in their pool form a near-tie group. That is far above the typical float32
     accumulation error, which grows like sqrt(D) u; the worst-case bound (D + 2) u is sqrt(D) times wider
     and would flag most candidates of concentrated, normalised embeddings. Exact values move less than the
-    gaps between groups, so sorting within each group orders the whole pool. A cut c (1 <= c <= pool) asks
+    gaps between groups, so sorting a group within itself puts it in its exact place. A cut c (1 <= c <= pool) asks
     for the exact set of the first c pool entries; only groups that hold both positions c - 1 and c can
     change such a set, so only they are recomputed: in large galleries most near ties lie between cuts.
     """

@@ -53,6 +53,8 @@ def evaluate_retrieval(
     if gallery_size < 1:
         raise ValueError("retrieval needs at least one gallery item per query")
 
+    if any(k < 1 for k in recall_ks):
+        raise ValueError(f"recall_ks must be positive counts, got {tuple(recall_ks)}")
     ks = [k for k in recall_ks if k <= gallery_size]
     relevant = np.bincount(gallery_codes, minlength=codes.max() + 1)[query_codes] - int(self_retrieval)
     r_max = int(relevant.max())

@@ -50,6 +50,8 @@ def test_near_ties_inside_the_first_r_are_ordered_exactly(monkeypatch):
     monkeypatch.setattr(knn_module, "cpu_self_search", rounding_engine)
     result = evaluate_retrieval(x, labels, recall_ks=(4,), with_nmi=False)
     assert result["MAP@R"] == pytest.approx(expected["MAP@R"]) and result["mARP"] == pytest.approx(expected["mARP"])
+    with pytest.raises(ValueError, match="recall_ks must be positive"):
+        evaluate_retrieval(x, labels, recall_ks=(0, 1), with_nmi=False)
 
 
 def test_query_gallery_hand_case_with_a_query_class_missing_from_the_gallery():

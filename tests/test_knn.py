@@ -233,5 +233,6 @@ def test_exact_cuts_reorder_only_near_ties_that_straddle_a_cut(monkeypatch):
     recomputed_rows.clear()
     _, indices, _ = knn_search(x, x, 3, exclude_self=True, exact_cuts=[3])  # the tie is within the first 3
     assert indices[0].tolist() == [1, 2, 3] and 0 not in recomputed_rows
-    with pytest.raises(ValueError, match="exact_cuts"):
-        knn_search(x, x, 3, exclude_self=True, exact_cuts=[4])
+    for bad_cuts in ([4], [0], [[1, 2]], 3, [1.7]):
+        with pytest.raises(ValueError, match="exact_cuts"):
+            knn_search(x, x, 3, exclude_self=True, exact_cuts=bad_cuts)
