@@ -200,6 +200,11 @@ class Trainer:
             progress = EpochProgress()
         lrs = self._set_lrs(epoch)
         plan = self.clusters.planner.plan_epoch(epoch)
+        if not plan and self.dist.is_main:
+            self.log.warning(
+                f"epoch {epoch}: no batch to train: every cluster has fewer than --batch-size {config.batch_size} "
+                f"samples after removal (sizes {sorted(self.clusters.planner.sizes.values())}); lower --batch-size"
+            )
         progress.train_s += recluster_s
         loader = make_train_loader(
             self.data.train_set,
@@ -367,7 +372,7 @@ class Trainer:
             return False
         if self.flags.best_value is None or value > self.flags.best_value:
             self.flags.best_epoch, self.flags.best_value = epoch, float(value)
-            self.log.info(f"epoch {epoch}: new best {self.selection_key} = {value:.4f}")
+            self.log.info(f"epoch {epoch}: new best {self.selection_key} {100 * value:.2f}")
             return True
         return False
 

@@ -4,9 +4,10 @@ The planner is rebuilt at every recluster (with the assignment after removal and
 epoch at a time. A plan depends only on the samplers' state at the epoch start, which is kept so that a
 mid-epoch checkpoint can rebuild the same plan and replay it from the next batch (§9.3).
 
-Guard for degenerate input (merges make it unreachable in a run): when no learner has B samples, an
-epoch is one round if some learner has at least 2 samples, and an empty plan otherwise (nothing can form
-a pair). A learner with fewer than B samples still yields a batch per round: its pass holds one batch.
+When no learner has B samples, T = max_c ⌊N_c/B⌋ = 0 and the plan is empty. In a run only one case gets
+there: every cluster was degenerate, all merged into the largest, and removal left it below B; the
+trainer then warns. (A sampler given fewer than B samples still yields one batch per pass, so that no
+input crashes it or loops forever, METHOD §6.5; with merges, the planner never asks for it.)
 """
 
 import copy
@@ -79,14 +80,8 @@ class ClusterBatchPlanner:
         return {lid: len(members) for lid, members in self.members.items()}
 
     def rounds_per_epoch(self) -> int:
-        """T = max_c ⌊N_c/B⌋, with the degenerate-input guard of the module docstring."""
-        sizes = list(self.sizes.values())
-        if not sizes:
-            return 0
-        rounds = max(size // self.batch_size for size in sizes)
-        if rounds == 0 and max(sizes) >= 2:
-            return 1
-        return rounds
+        """T = max_c ⌊N_c/B⌋ (0 without learners)."""
+        return max((size // self.batch_size for size in self.sizes.values()), default=0)
 
     def plan_epoch(self, epoch: int) -> list[PlannedBatch]:
         """The epoch's (learner id, batch) sequence; every learner starts a fresh pass."""

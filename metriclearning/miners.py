@@ -122,10 +122,11 @@ def _sample_without_replacement(weights: Tensor, count: int, generator: torch.Ge
     algorithm torch.multinomial(replacement=False) runs internally, with uniforms from torch.rand (several
     times faster than its exponential_ on CPU) and without its validity checks, which synchronise the host
     in older PyTorch. Zero weights give -inf keys and are only taken if a row has fewer than ``count``
-    non-zero weights, which the callers rule out.
+    non-zero weights, which the callers rule out. torch.rand can return exactly 0 (about once in 2**24
+    draws), whose -inf key would tie with the zero weights; such draws are raised to the least positive float.
     """
     uniforms = torch.rand(weights.shape, generator=generator, device=weights.device)
-    return (uniforms.log_() / weights).topk(count, dim=1).indices
+    return (uniforms.clamp_(min=torch.finfo(uniforms.dtype).tiny).log_() / weights).topk(count, dim=1).indices
 
 
 def distance_weighted_q(stats: LabelStats) -> int:

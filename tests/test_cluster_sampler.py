@@ -127,11 +127,10 @@ def test_state_of_other_clusters_is_a_checkpoint_error():
         planner(other_learners, other_labels).load_state_dict(state)
 
 
-def test_degenerate_inputs_plan_one_round_or_nothing_without_crashing():
+def test_learners_all_below_the_batch_size_plan_no_batch_without_crashing():
+    """T = max_c floor(N_c / B) = 0 (METHOD §3.6), even where a sampler alone would yield a short batch."""
     learners, labels = clusters([3, 2], classes_per_cluster=1)  # every cluster below B, single classes
-    plan = planner(learners, labels).plan_epoch(0)
-    assert [b.learner_id for b in plan] == [0, 1]
-    assert all(np.all(learners[b.indices] == b.learner_id) for b in plan)
+    assert planner(learners, labels).plan_epoch(0) == []
     assert planner([0, 1, -1], [0, 0, 1]).plan_epoch(0) == []
     assert planner([-1, -1], [0, 1]).plan_epoch(0) == []
 

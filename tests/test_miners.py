@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
+import metriclearning.miners as miners_module
 from lib.errors import ConfigError
 from metriclearning.criteria import build_criterion
 from metriclearning.distances import loss_distance, miner_distance_matrix, positive_mask
@@ -359,3 +360,11 @@ def test_mining_and_loss_never_read_device_values_on_the_host(sampler):
         criterion(embeddings, labels, generator).backward()
     assert spy.calls == []
     assert embeddings.grad is not None and torch.isfinite(embeddings.grad).all()
+
+
+def test_a_uniform_draw_of_exactly_zero_never_picks_a_zero_weight_column(monkeypatch):
+    """torch.rand may return 0.0; an admissible negative drawn so must still beat the positives and the anchor."""
+    weights = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.5, 0.5]])
+    draws = torch.tensor([[0.3, 0.1, 0.7, 0.9, 0.0, 0.2]])
+    monkeypatch.setattr(torch, "rand", lambda shape, generator=None, device=None: draws.clone())
+    assert sorted(miners_module._sample_without_replacement(weights, 2, None)[0].tolist()) == [4, 5]

@@ -321,3 +321,15 @@ def test_a_few_epochs_of_the_full_method_beat_the_untrained_model(tmp_path, monk
     assert records[-1]["full_embedding"] is True
     untrained, final = records[0]["R@1"], records[-1]["R@1"]
     assert final >= untrained + 0.08, (untrained, final)
+
+
+def test_clusters_all_below_the_batch_size_train_no_batch_and_say_so(tmp_path, monkeypatch):
+    """8 clusters over 6 classes are all degenerate and merge into one; removal leaves it below B = 96 (the 96
+    training images pass the start-up check): T = 0 rounds (METHOD §3.6), with a warning instead of a batch
+    padded with repeats."""
+    args = GLYPHS + ["--batch-size", "96", "--hierarchy-method", "none", "--nb-clusters", "8", "--nb-epochs", "1"]
+    assert run_main(args, tmp_path, monkeypatch) == 0
+    [run] = run_folders(tmp_path)
+    assert [r["n_batches"] for r in epochs_of(run)] == [None, 0]
+    assert "epoch 0: no batch to train: every cluster has fewer than --batch-size 96" in (run / "log.txt").read_text()
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
