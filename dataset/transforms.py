@@ -3,7 +3,8 @@
 Every transform takes its randomness from the ``numpy.random.Generator`` it is given, one per item: an
 augmentation then depends only on the item's seed, never on the loader worker or the order of calls, and
 each ``--num-replicas`` copy (its own seed) is augmented independently. The pipelines work on numpy arrays
-with OpenCV and convert to a tensor once at the end, which is several times cheaper than PIL + torchvision.
+(OpenCV, and torchvision's uint8 kernel for resizing, which antialiases as the original's PIL images did) and
+convert to a tensor once at the end, which is cheaper than PIL + torchvision (benchmarks/bench_data.py).
 """
 
 import math
@@ -49,6 +50,16 @@ def to_normalized_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(blob[0])
 
 
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize with antialiasing when shrinking, as PIL (the original's torchvision-on-PIL pipelines)
+    does: within one grey level of PIL. OpenCV's INTER_LINEAR does not antialias (mean difference ~9 grey
+    levels on textured images shrunk 1.5x). torchvision's uint8 kernel takes the H×W×3 array as a channels-last
+    view; a contiguous copy of a crop first is faster than its strided view."""
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    resized = TF.resize(pixels, [height, width], antialias=True)
+    return resized.permute(1, 2, 0).numpy()
+
+
 def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize so that the shorter side is ``size``; the longer side is truncated to an integer."""
     height, width = image.shape[:2]
@@ -58,7 +69,7 @@ def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
         new_height, new_width = size, int(size * width / height)
     else:
         new_height, new_width = int(size * height / width), size
-    return cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
+    return resize_bilinear(image, new_height, new_width)
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -98,7 +109,7 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator) -
 
 def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     top, left, h, w = random_resized_crop_box(image.shape[0], image.shape[1], rng)
-    return cv2.resize(image[top : top + h, left : left + w], (size, size), interpolation=cv2.INTER_LINEAR)
+    return resize_bilinear(image[top : top + h, left : left + w], size, size)
 
 
 def random_hflip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
