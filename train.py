@@ -334,6 +334,7 @@ class Trainer:
             with_l1=config.with_l1,
             seed=config.random_seed,
             dist=self.dist,
+            debug_log=self.log.info if config.is_debug and self.dist.is_main else None,
         )
 
     def _evaluate(self) -> dict:

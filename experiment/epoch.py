@@ -5,6 +5,7 @@ the device, and a non-finite loss is detected through a device-side flag read ev
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +57,7 @@ class StepSetup:
     with_l1: bool
     seed: int
     dist: DistContext = field(default_factory=DistContext)
+    debug_log: Callable[[str], None] | None = None  # --is-debug: where the first batch's diagnostics go
 
 
 class _DeviceSums:
@@ -124,7 +126,8 @@ def train_one_epoch(
             if not criterion.can_train_on(labels_np):
                 progress.n_skipped += 1
             else:
-                _train_step(batch, labels_np, setup, full_embedding, frozen_mask_term, sums, epoch)
+                debug = setup.debug_log if progress.n_trained == 0 else None
+                _train_step(batch, labels_np, setup, full_embedding, frozen_mask_term, sums, epoch, debug)
                 progress.n_trained += 1
                 steps_since_check += 1
             progress.next_batch = index + 1
@@ -144,7 +147,8 @@ def train_one_epoch(
     return progress
 
 
-def _train_step(batch, labels_np, setup: StepSetup, full_embedding, frozen_mask_term, sums, epoch) -> None:
+def _train_step(batch, labels_np, setup: StepSetup, full_embedding, frozen_mask_term, sums, epoch, debug=None) -> None:
+    """One optimiser step; ``debug`` (a log function or None) gets the --is-debug report before the step."""
     index = batch.batch_index
     torch.manual_seed(derive_seed(setup.seed, "step", epoch, index))  # dropout: a function of the position
     images = batch.images.to(setup.device, non_blocking=True)
@@ -164,6 +168,8 @@ def _train_step(batch, labels_np, setup: StepSetup, full_embedding, frozen_mask_
         loss_mask = mask_regularizer(setup.masks.stacked(), lam=setup.masking_lambda, with_l1=setup.with_l1)
         loss = loss_metric + loss_mask
     sums.add(loss_metric, loss_mask, index, batch.learner_id)
+    if debug is not None:
+        debug(debug_report(epoch, index, learner, loss_metric.detach(), loss_mask.detach(), setup.masks.stacked()))
     setup.optimizer.zero_grad(set_to_none=True)
     if setup.scaler is not None:
         setup.scaler.scale(loss).backward()
@@ -172,6 +178,24 @@ def _train_step(batch, labels_np, setup: StepSetup, full_embedding, frozen_mask_
     else:
         loss.backward()
         setup.optimizer.step()
+
+
+def debug_report(epoch: int, index: int, learner: int | None, loss_metric, loss_mask, masks: torch.Tensor) -> str:
+    """--is-debug (METHOD.md §2.2): a batch's losses, its learner's mask L1 norm and the K x K matrix of |cos|
+    between the ReLU'd masks (``masks``: K x D). Reads the device, so only for the first batch of an epoch."""
+    with torch.no_grad():
+        relu_masks = torch.relu(masks.detach().float())
+        unit = relu_masks / relu_masks.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        cosines = (unit @ unit.T).abs().cpu().numpy()
+    if learner is None:
+        owner = "the full embedding"
+    else:
+        owner = f"learner {learner}, mask L1 {float(relu_masks[learner].sum()):.4f}"
+    rows = "\n".join("  " + " ".join(f"{value:.3f}" for value in row) for row in cosines)
+    return (
+        f"debug epoch {epoch} batch {index} ({owner}): metric loss {float(loss_metric):.4f}, "
+        f"mask term {float(loss_mask):.4f}; |cos| between the ReLU'd masks:\n{rows}"
+    )
 
 
 def _check_finite(sums: _DeviceSums, epoch: int, lrs: dict) -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import train
+from experiment.epoch import debug_report
 from lib.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +43,7 @@ def run_main(args: list[str], cwd: Path, monkeypatch) -> int:
 
 def test_top_down_run_splits_each_epoch_and_records_everything(tmp_path, monkeypatch):
     args = GLYPHS + ["--nb-epochs", "3", "--nb-clusters", "3", "--mod-epoch", "1", "--force-full-embedding-epoch", "2",
-                     "--mask-lr-mult", "10", "--masking-lambda", "0.1"]  # fmt: skip
+                     "--mask-lr-mult", "10", "--masking-lambda", "0.1", "--is-debug"]  # fmt: skip
     assert run_main(args, tmp_path, monkeypatch) == 0
     [run] = run_folders(tmp_path)
     assert run.name.startswith("glyphs-t-e16-K3-s1-")
@@ -63,7 +64,16 @@ def test_top_down_run_splits_each_epoch_and_records_everything(tmp_path, monkeyp
     assert records[-1]["best_epoch"] == next(r["epoch"] for r in records[1:] if r["R@1"] == best["R@1"])
     total = datetime.timedelta(seconds=round(sum((r["train_s"] or 0) + r["eval_s"] for r in records)))
     best_line = f"best R@1 {100 * best['R@1']:.2f} at epoch {records[-1]['best_epoch']}"
-    assert (run / "log.txt").read_text().splitlines()[-1].endswith(f"finished: {best_line}; total time {total}")
+    log = (run / "log.txt").read_text()
+    assert log.splitlines()[-1].endswith(f"finished: {best_line}; total time {total}")
+    lines = log.splitlines()
+    debug_at = [i for i, line in enumerate(lines) if " debug epoch " in line]  # --is-debug: each epoch's first batch
+    assert [lines[i].split(" debug ")[1].split(":")[0].split(" mask L1")[0] for i in debug_at] == [
+        "epoch 0 batch 0 (learner 0,",
+        "epoch 1 batch 0 (learner 0,",
+        "epoch 2 batch 0 (the full embedding)",
+    ]
+    assert [lines[i + 1 : i + 4] for i in debug_at][1][1].startswith("  ")  # K = 2 at epoch 1: a 2 x 2 |cos| matrix
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["last_epoch"] == 2
     names = sorted(p.name for p in (run / "recluster").iterdir())
@@ -333,3 +343,11 @@ def test_clusters_all_below_the_batch_size_train_no_batch_and_say_so(tmp_path, m
     assert [r["n_batches"] for r in epochs_of(run)] == [None, 0]
     assert "epoch 0: no batch to train: every cluster has fewer than --batch-size 96" in (run / "log.txt").read_text()
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_debug_report_gives_the_losses_the_learner_mask_l1_and_mask_cosines():
+    masks = torch.tensor([[1.0, 0.0, -1.0], [1.0, 1.0, 0.0]])  # ReLU'd: [1, 0, 0] and [1, 1, 0]
+    report = debug_report(3, 0, 1, torch.tensor(0.25), torch.tensor(0.125), masks)
+    assert report.startswith("debug epoch 3 batch 0 (learner 1, mask L1 2.0000): metric loss 0.2500, mask term 0.1250")
+    assert report.splitlines()[1:] == ["  1.000 0.707", "  0.707 1.000"]
+    assert "(the full embedding)" in debug_report(3, 0, None, torch.tensor(0.25), torch.tensor(0.0), masks)
