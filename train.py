@@ -92,6 +92,7 @@ class Trainer:
             self.run.create()
             self.log = setup_logger(self.run.path / "log.txt", verbose=config.verbose)
             self._record_start(argv)
+            self.log.debug(f"masks created: {self.model.masks.summary()}")  # --verbose
         barrier(dist)
 
     # ------------------------------------------------------------------ start-up
@@ -288,15 +289,15 @@ class Trainer:
 
                 move_aside(self.run.recluster_path(epoch))
             save_recluster_record(self.run, epoch, result, self.train_labels, self.model.masks.stacked())
-        if self.config.verbose:
-            self.log.info(f"masks: {self.model.masks.summary()}")
+        self.log.debug(f"masks: {self.model.masks.summary()}")  # --verbose
         return result
 
     def _enter_full_embedding(self, epoch: int) -> None:
         """The conquer stage: masks frozen and out of the optimizer; the regulariser is only recorded."""
         self.flags.full_embedding = True
         self.model.masks.freeze()
-        remove_mask_group(self.optimizer)
+        if remove_mask_group(self.optimizer):  # logged with --verbose
+            self.log.debug(f"epoch {epoch}: optimizer groups rebuilt: the mask group and its state removed")
         self.train_model = self._wrap_model()
         self.log.info(f"epoch {epoch}: conquer stage: training the full embedding; masks frozen")
 

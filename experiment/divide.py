@@ -108,7 +108,12 @@ def recluster_step(
     if result.split.any():
         old_params = list(model.masks.params)
         parents = model.masks.split(result.split.tolist())
-        replace_mask_group(optimizer, old_params, list(model.masks.params), parents, mask_lr)
+        kept = replace_mask_group(optimizer, old_params, list(model.masks.params), parents, mask_lr)
+        if kept is not None:
+            logger.debug(  # --verbose
+                f"epoch {epoch}: optimizer groups rebuilt: {len(parents)} masks at LR {mask_lr:g}, {kept} keep "
+                f"their optimizer state, {len(parents) - kept} start fresh"
+            )
         logger.info(f"epoch {epoch}: split clusters {np.flatnonzero(result.split).tolist()}: K {state.k} -> {result.k}")
     state.k = result.k
     state.assignment = result.assignment

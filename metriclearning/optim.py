@@ -91,15 +91,15 @@ def replace_mask_group(
     new_params: list[nn.Parameter],
     parent_of_new: list[int],
     lr: float,
-) -> None:
-    """After a split: the mask group holds exactly ``new_params`` with LR ``lr``.
+) -> int | None:
+    """After a split: the mask group holds exactly ``new_params`` with LR ``lr``; returns how many kept their state.
 
     A new mask that is its parent's very Parameter (unsplit) keeps its optimizer state; copies start
-    fresh; the state of replaced tensors is dropped. No-op without a mask group (fixed or frozen masks).
+    fresh; the state of replaced tensors is dropped. No-op without a mask group (fixed or frozen masks): None.
     """
     group = _mask_group(optimizer)
     if group is None:
-        return
+        return None
     if len(parent_of_new) != len(new_params):
         raise ValueError(f"{len(parent_of_new)} parent indices for {len(new_params)} new masks")
     kept = {id(new) for new, parent in zip(new_params, parent_of_new, strict=True) if new is old_params[parent]}
@@ -108,13 +108,15 @@ def replace_mask_group(
             optimizer.state.pop(param, None)
     group["params"] = list(new_params)
     group["lr"] = lr
+    return len(kept)
 
 
-def remove_mask_group(optimizer: torch.optim.Optimizer) -> None:
-    """Conquer switch: drop the mask group and its optimizer state (no-op if there is none)."""
+def remove_mask_group(optimizer: torch.optim.Optimizer) -> bool:
+    """Conquer switch: drop the mask group and its optimizer state; False if there was none."""
     group = _mask_group(optimizer)
     if group is None:
-        return
+        return False
     for param in group["params"]:
         optimizer.state.pop(param, None)
     optimizer.param_groups[:] = [g for g in optimizer.param_groups if g is not group]
+    return True

@@ -43,7 +43,7 @@ def run_main(args: list[str], cwd: Path, monkeypatch) -> int:
 
 def test_top_down_run_splits_each_epoch_and_records_everything(tmp_path, monkeypatch):
     args = GLYPHS + ["--nb-epochs", "3", "--nb-clusters", "3", "--mod-epoch", "1", "--force-full-embedding-epoch", "2",
-                     "--mask-lr-mult", "10", "--masking-lambda", "0.1", "--is-debug"]  # fmt: skip
+                     "--mask-lr-mult", "10", "--masking-lambda", "0.1", "--is-debug", "--verbose"]  # fmt: skip
     assert run_main(args, tmp_path, monkeypatch) == 0
     [run] = run_folders(tmp_path)
     assert run.name.startswith("glyphs-t-e16-K3-s1-")
@@ -74,6 +74,9 @@ def test_top_down_run_splits_each_epoch_and_records_everything(tmp_path, monkeyp
         "epoch 2 batch 0 (the full embedding)",
     ]
     assert [lines[i + 1 : i + 4] for i in debug_at][1][1].startswith("  ")  # K = 2 at epoch 1: a 2 x 2 |cos| matrix
+    assert "masks created: [" in log  # --verbose: masks at creation and splits, every optimizer group rebuild
+    assert "epoch 1: optimizer groups rebuilt: 2 masks at LR" in log
+    assert "epoch 2: optimizer groups rebuilt: the mask group and its state removed" in log
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["last_epoch"] == 2
     names = sorted(p.name for p in (run / "recluster").iterdir())
@@ -341,7 +344,9 @@ def test_clusters_all_below_the_batch_size_train_no_batch_and_say_so(tmp_path, m
     assert run_main(args, tmp_path, monkeypatch) == 0
     [run] = run_folders(tmp_path)
     assert [r["n_batches"] for r in epochs_of(run)] == [None, 0]
-    assert "epoch 0: no batch to train: every cluster has fewer than --batch-size 96" in (run / "log.txt").read_text()
+    log = (run / "log.txt").read_text()
+    assert "epoch 0: no batch to train: every cluster has fewer than --batch-size 96" in log
+    assert "masks created" not in log and "debug epoch" not in log  # no --verbose, no --is-debug
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
 
 
