@@ -37,6 +37,7 @@ from lib.errors import CheckpointError, ConfigError, UserFacingError
 from lib.faiss_backend import describe_faiss
 from lib.preemption import PreemptionFlag
 from lib.runs import STATUS_FILE, RunFolder, epoch_tag, setup_logger, stop_on_write_failure
+from lib.wandb_sink import WandbSink
 from metriclearning.clustering import SeedStream
 from metriclearning.hierarchy import backbone_frozen, is_recluster_epoch, splits_at_epoch, stop_recluster_due
 from metriclearning.optim import build_optimizer, remove_mask_group, scheduled_lr, set_epoch_lrs
@@ -58,6 +59,7 @@ class Trainer:
 
     def __init__(self, config: Config, argv: list[str], dist: DistContext, device: torch.device):
         self.config, self.dist, self.device = config, dist, device
+        self.wandb: WandbSink | None = None  # --wandb-enabled, main process only
         plan = _shared_plan(config, dist)
         if plan.finished_epochs is not None:
             if dist.is_main:
@@ -93,6 +95,8 @@ class Trainer:
             self.log = setup_logger(self.run.path / "log.txt", verbose=config.verbose)
             self._record_start(argv)
             self.log.debug(f"masks created: {self.model.masks.summary()}")  # --verbose
+            if config.wandb_enabled:
+                self.wandb = WandbSink(self.run.path, config.to_dict())
         barrier(dist)
 
     # ------------------------------------------------------------------ start-up
@@ -402,6 +406,8 @@ class Trainer:
                 self.run, self._state(epoch, record), epoch=epoch, save_model=self.config.save_model, improved=improved
             )
             self.run.append_epoch(record)
+            if self.wandb is not None:
+                self.wandb.log(record)
             if self.config.save_masks:
                 self.run.masks_dir.mkdir(exist_ok=True)
                 np.save(
@@ -547,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_flush_denormal(False)
         if trainer is not None:
             trainer.preemption.uninstall()
+            if trainer.wandb is not None:
+                trainer.wandb.finish()
             shutdown(trainer.dist)
     return 0
 

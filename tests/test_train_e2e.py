@@ -1,12 +1,14 @@
 """End-to-end CPU runs of train.py on tiny data: run folder contents, schedule, resume, finished runs."""
 
 import datetime
+import importlib.machinery
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -356,3 +358,42 @@ def test_debug_report_gives_the_losses_the_learner_mask_l1_and_mask_cosines():
     assert report.startswith("debug epoch 3 batch 0 (learner 1, mask L1 2.0000): metric loss 0.2500, mask term 0.1250")
     assert report.splitlines()[1:] == ["  1.000 0.707", "  0.707 1.000"]
     assert "(the full embedding)" in debug_report(3, 0, None, torch.tensor(0.25), torch.tensor(0.0), masks)
+
+
+class FakeWandb(types.ModuleType):
+    """Stands in for the optional wandb package: records init, log and finish calls."""
+
+    def __init__(self):
+        super().__init__("wandb")
+        self.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+        self.calls = []
+
+    def init(self, **options):
+        self.calls.append(("init", options))
+        return self
+
+    def log(self, values, step):
+        self.calls.append(("log", step, values))
+
+    def finish(self):
+        self.calls.append(("finish",))
+
+
+def test_wandb_gets_one_run_per_run_folder_and_every_epoch_record(tmp_path, monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    assert run_main(GLYPHS + ["--nb-epochs", "1", "--wandb-enabled"], tmp_path, monkeypatch) == 0
+    [run] = run_folders(tmp_path)
+    [(_, options)] = [call for call in fake.calls if call[0] == "init"]
+    assert options["name"] == run.name and options["id"].startswith(run.name) and options["resume"] == "allow"
+    assert options["config"]["wandb_enabled"] is True
+    logged = [call for call in fake.calls if call[0] == "log"]
+    assert [step for _, step, _ in logged] == [0, 1]  # epochs -1 and 0
+    record = epochs_of(run)[1]
+    assert logged[1][2]["R@1"] == record["R@1"] and logged[1][2]["lr/backbone"] == record["lr"]["backbone"]
+    assert fake.calls[-1] == ("finish",)
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb())  # extending the run continues the same W&B run
+    assert run_main(GLYPHS + ["--nb-epochs", "2", "--wandb-enabled"], tmp_path, monkeypatch) == 0
+    [(_, resumed)] = [call for call in sys.modules["wandb"].calls if call[0] == "init"]
+    assert resumed["id"] == options["id"]
+    assert [call[1] for call in sys.modules["wandb"].calls if call[0] == "log"] == [2]
