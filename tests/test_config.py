@@ -375,6 +375,7 @@ def test_a_zero_batch_size_is_one_error_not_also_one_for_the_eval_batch_size_it_
         (["--checkpoint", "a.pt", "--resume", "b.pt"], ["--checkpoint", "--resume"]),
         (["--split-file", "/no/such/file"], ["--split-file"]),
         (["--pretrained-weights", "/no/such/file"], ["--pretrained-weights"]),
+        (["--wandb-enabled"], ["--wandb-enabled", "pip install wandb"]),  # wandb is not a requirement
     ],
 )
 def test_validation_errors(argv, flags):
