@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 from lib.errors import ConfigError, DatasetError
 from lib.faiss_backend import GPU_BUILDS, faiss_gpu_count
+from metriclearning.criteria import SOFT_CRITERIA
 
 if TYPE_CHECKING:
     from experiment.config import Config
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 CRITERIA = ("MarginLoss", "TripletLoss", "TripletSemihardLoss", "TripletAllLoss", "NPairsLoss")
-SOFT_LOSS_CRITERIA = ("TripletLoss", "TripletSemihardLoss")
 INIT_METHODS = ("pt_splitted", "kaiming_normal_fan_in", "kaiming_normal_fan_out", "trunc_normal")
 _XAVIER = re.compile(r"^xavier_(uniform|normal)_(?P<gain>.+)$")
 _SEED_LIMIT = 2**32  # NumPy's legacy seeding (RandomState) accepts [0, 2**32)
@@ -262,7 +262,7 @@ def _warnings(config: Config) -> list[str]:
             f"--init-clusters is ignored with --hierarchy-method {config.hierarchy_method}: all "
             f"{config.nb_clusters} clusters exist from the start."
         )
-    if config.soft_loss and config.criterion not in SOFT_LOSS_CRITERIA:
+    if config.soft_loss and config.criterion not in SOFT_CRITERIA:
         warnings.append(
             f"--soft-loss is ignored with --criterion {config.criterion} (only for TripletLoss and "
             "TripletSemihardLoss)."

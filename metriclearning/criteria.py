@@ -1,8 +1,6 @@
 """The training criterion: an optional in-batch miner plus a loss, the skip rule of §3.5 and the loss's
 own optimizer group (§5.6). This is the one object the training loop calls per batch."""
 
-import logging
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -11,11 +9,9 @@ from lib.errors import ConfigError
 from metriclearning.losses import MarginLoss, NPairsLoss, TripletAllLoss, TripletLoss, TripletSemihardLoss
 from metriclearning.miners import LabelStats, Miner, build_miner
 
-logger = logging.getLogger(__name__)
-
 CRITERION_NAMES = ("MarginLoss", "TripletLoss", "TripletSemihardLoss", "TripletAllLoss", "NPairsLoss")
 MINED_CRITERIA = ("MarginLoss", "TripletLoss")
-SOFT_CRITERIA = ("TripletLoss", "TripletSemihardLoss")
+SOFT_CRITERIA = ("TripletLoss", "TripletSemihardLoss")  # --soft-loss applies to these only
 
 
 class Criterion(nn.Module):
@@ -77,8 +73,6 @@ def build_criterion(
     if name not in CRITERION_NAMES:
         raise ConfigError(f"--criterion {name!r} is not supported; choose one of: {', '.join(CRITERION_NAMES)}.")
     miner = build_miner(sampler, margin=margin)
-    if soft_loss and name not in SOFT_CRITERIA:
-        logger.warning("--soft-loss only applies to TripletLoss and TripletSemihardLoss; ignored for %s.", name)
     if name == "MarginLoss":
         learnable = lr_beta > 0
         loss = MarginLoss(margin=margin, n_classes=n_train_classes if learnable else None, learnable_beta=learnable)

@@ -1,6 +1,5 @@
 """Losses and the criterion against plain-loop float64 references of METHOD.md §5.2, §5.5 and §3.5."""
 
-import logging
 import math
 
 import numpy as np
@@ -259,19 +258,14 @@ def test_loss_parameter_groups():
     assert build("TripletLoss").loss_parameter_group() is None
 
 
-def test_build_criterion_rejects_and_warns(caplog):
+def test_build_criterion_rejects_unsupported_choices_and_applies_soft_loss():
+    """--soft-loss with another criterion is a start-up warning (tests/test_config.py), given once."""
     with pytest.raises(ConfigError, match="not supported"):
         build("KantorovMarginLoss")
     with pytest.raises(ConfigError, match="NPairsLoss"):
         build("ContrastiveLoss")
     with pytest.raises(ConfigError, match="distanceweighted"):
         build("MarginLoss", "hardest")
-    with caplog.at_level(logging.WARNING):
-        build("MarginLoss", soft_loss=True)
-    assert "--soft-loss" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        soft = build("TripletLoss", soft_loss=True)
-    assert caplog.text == "" and soft.loss.soft
+    assert build("TripletLoss", soft_loss=True).loss.soft
     assert build("TripletSemihardLoss", soft_loss=True).loss.soft
     assert build("TripletSemihardLoss").miner is None and isinstance(build("TripletLoss").miner, DistanceWeightedMiner)
