@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
+from lib.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -28,8 +30,15 @@ def init_distributed(cuda_device: int) -> tuple[DistContext, torch.device]:
     """Join the torchrun process group when launched by torchrun; pick this process's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        device = torch.device(f"cuda:{cuda_device}") if torch.cuda.is_available() else torch.device("cpu")
-        return DistContext(), device
+        if not torch.cuda.is_available():
+            return DistContext(), torch.device("cpu")
+        count = torch.cuda.device_count()
+        if cuda_device >= count:
+            raise ConfigError(
+                f"--cuda-device {cuda_device} does not exist: this machine has {count} CUDA device(s), numbered "
+                f"0 to {count - 1}; pick one of them (under torchrun each process takes its LOCAL_RANK instead)."
+            )
+        return DistContext(), torch.device(f"cuda:{cuda_device}")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)

@@ -25,6 +25,7 @@ from experiment.build import Embedder
 from experiment.epoch import StepSetup, _DeviceSums, _train_step
 from lib.checkpoint import load_checkpoint
 from lib.dist import DistContext, init_distributed, shutdown
+from lib.errors import ConfigError
 from lib.seeding import torch_generator
 from metriclearning.criteria import build_criterion
 from metriclearning.model import EmbeddingModel
@@ -237,3 +238,12 @@ def test_sigterm_under_torchrun_stops_every_rank_and_the_same_command_resumes_ex
     for key in model:
         assert torch.equal(model[key], expected_model[key]), key
     assert "resuming" in (run / "log.txt").read_text()
+
+
+def test_a_cuda_device_that_does_not_exist_is_one_error(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert init_distributed(1)[1] == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match=r"--cuda-device 2 does not exist: .* 2 CUDA device\(s\), numbered 0 to 1"):
+        init_distributed(2)
