@@ -95,8 +95,6 @@ class Trainer:
             self.log = setup_logger(self.run.path / "log.txt", verbose=config.verbose)
             self._record_start(argv)
             self.log.debug(f"masks created: {self.model.masks.summary()}")  # --verbose
-            if config.wandb_enabled:
-                self.wandb = WandbSink(self.run.path, config.to_dict())
         barrier(dist)
 
     # ------------------------------------------------------------------ start-up
@@ -143,6 +141,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the story of a run
     def fit(self) -> None:
+        if self.config.wandb_enabled and self.dist.is_main:  # here, so that a failure to start is in status.json
+            self.wandb = WandbSink(self.run.path, self.config.to_dict())
         if self.resume_state is None:
             self._initial_evaluation_and_clustering()
             start_epoch, progress = 0, None

@@ -8,6 +8,8 @@ wandb is an optional dependency; experiment/validation.py refuses the flag when 
 import hashlib
 from pathlib import Path
 
+from lib.errors import UserFacingError
+
 W_AND_B_PROJECT = "divide-and-conquer-dml"
 
 
@@ -17,14 +19,20 @@ class WandbSink:
 
         folder = run_path.resolve()
         digest = hashlib.sha1(str(folder).encode()).hexdigest()[:8]  # same run name in two log folders: two runs
-        self._run = wandb.init(
-            project=W_AND_B_PROJECT,
-            name=folder.name,
-            id=f"{folder.name}-{digest}",
-            resume="allow",
-            dir=str(folder),
-            config=config,
-        )
+        try:
+            self._run = wandb.init(
+                project=W_AND_B_PROJECT,
+                name=folder.name,
+                id=f"{folder.name}-{digest}",
+                resume="allow",
+                dir=str(folder),
+                config=config,
+            )
+        except Exception as error:  # no login, no network, a bad setting: wandb's own exception types vary
+            raise UserFacingError(
+                f"--wandb-enabled: Weights & Biases could not start a run ({type(error).__name__}: {error}); "
+                "log in with `wandb login`, or set WANDB_MODE=offline to record locally, or drop the flag."
+            ) from error
 
     def log(self, record: dict) -> None:
         """The record's numbers (learning rates as ``lr/<group>``) at step epoch + 1 (epoch -1 is step 0)."""

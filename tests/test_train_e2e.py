@@ -397,3 +397,20 @@ def test_wandb_gets_one_run_per_run_folder_and_every_epoch_record(tmp_path, monk
     [(_, resumed)] = [call for call in sys.modules["wandb"].calls if call[0] == "init"]
     assert resumed["id"] == options["id"]
     assert [call[1] for call in sys.modules["wandb"].calls if call[0] == "log"] == [2]
+
+
+def test_wandb_that_cannot_start_is_one_error(tmp_path, monkeypatch, capsys):
+    fake = FakeWandb()
+
+    def offline(**options):
+        raise RuntimeError("api_key not configured (no-tty)")
+
+    fake.init = offline
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    assert run_main(GLYPHS + ["--nb-epochs", "1", "--wandb-enabled"], tmp_path, monkeypatch) == 2
+    message = capsys.readouterr().err
+    assert "error: --wandb-enabled: Weights & Biases could not start a run (RuntimeError: api_key" in message
+    assert "WANDB_MODE=offline" in message and "Traceback" not in message
+    [run] = run_folders(tmp_path)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and "Weights & Biases" in status["message"]
