@@ -6,6 +6,7 @@ wandb is an optional dependency; experiment/validation.py refuses the flag when 
 """
 
 import hashlib
+import re
 from pathlib import Path
 
 from lib.errors import UserFacingError
@@ -23,7 +24,7 @@ class WandbSink:
             self._run = wandb.init(
                 project=W_AND_B_PROJECT,
                 name=folder.name,
-                id=f"{folder.name}-{digest}",
+                id=f"{re.sub(r'[^A-Za-z0-9_-]', '_', folder.name)[:55]}-{digest}",  # W&B ids: [A-Za-z0-9_-]
                 resume="allow",
                 dir=str(folder),
                 config=config,

@@ -4,6 +4,7 @@ import datetime
 import importlib.machinery
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -386,6 +387,7 @@ def test_wandb_gets_one_run_per_run_folder_and_every_epoch_record(tmp_path, monk
     [run] = run_folders(tmp_path)
     [(_, options)] = [call for call in fake.calls if call[0] == "init"]
     assert options["name"] == run.name and options["id"].startswith(run.name) and options["resume"] == "allow"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", options["id"])
     assert options["config"]["wandb_enabled"] is True
     logged = [call for call in fake.calls if call[0] == "log"]
     assert [step for _, step, _ in logged] == [0, 1]  # epochs -1 and 0
