@@ -127,6 +127,11 @@ class LoadedDataset:
         return tuple(name for name in self.splits if name not in ("train", "val"))
 
 
+# Pixels as stored, like the original's PIL ``convert("RGB")``: OpenCV would otherwise rotate images by their
+# EXIF orientation tag, and the same photo would reach the network turned by 90 degrees.
+_DECODE = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
 def load_rgb(image) -> np.ndarray:
     """An H×W×3 uint8 RGB array from a file path or an in-memory image.
 
@@ -145,7 +150,7 @@ def load_rgb(image) -> np.ndarray:
             raise DatasetError(f"in-memory image of shape {image.shape}: need 1 or 3 channels")
         return image
     path = str(image)
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR) if _is_utf8(path) else _imdecode_file(path)
+    bgr = cv2.imread(path, _DECODE) if _is_utf8(path) else _imdecode_file(path)
     if bgr is None or bgr.size == 0:
         reason = "the file does not exist" if not os.path.exists(path) else "OpenCV cannot decode it"
         raise DatasetError(
@@ -189,7 +194,7 @@ def _imdecode_file(path: str) -> np.ndarray | None:
             data = np.frombuffer(handle.read(), dtype=np.uint8)
     except OSError:
         return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    return cv2.imdecode(data, _DECODE) if data.size else None
 
 
 def is_image_file(name: str) -> bool:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from PIL import Image
 
 from dataset.base import ImageDataset, Split, load_rgb
 from dataset.loader import make_eval_loader
@@ -522,6 +523,16 @@ def test_load_rgb_converts_bgr_files_and_replicates_grayscale(tmp_path):
         load_rgb(str(tmp_path / "gone.jpg"))
     with pytest.raises(DatasetError, match="float32"):
         load_rgb(np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize("name", ["tagged.jpg", "tagged-\udcff.jpg"])  # imread, and imdecode for non-UTF-8 names
+def test_load_rgb_keeps_the_stored_pixels_of_an_exif_rotated_jpeg_as_pil_does(tmp_path, name):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / name
+    Image.fromarray(np.full((20, 30, 3), 128, np.uint8)).save(path, exif=exif)
+    stored = np.asarray(Image.open(path).convert("RGB"))
+    assert stored.shape == (20, 30, 3) and load_rgb(str(path)).shape == (20, 30, 3)
 
 
 def shape_and_draw(image: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
