@@ -94,7 +94,8 @@ class Trainer:
             self.run.create()
             self.log = setup_logger(self.run.path / "log.txt", verbose=config.verbose)
             self._record_start(argv)
-            self.log.debug(f"masks created: {self.model.masks.summary()}")  # --verbose
+            if config.verbose:  # the summary reads the masks from the device: only when it is shown
+                self.log.debug(f"masks created: {self.model.masks.summary()}")
         barrier(dist)
 
     # ------------------------------------------------------------------ start-up
@@ -293,7 +294,8 @@ class Trainer:
 
                 move_aside(self.run.recluster_path(epoch))
             save_recluster_record(self.run, epoch, result, self.train_labels, self.model.masks.stacked())
-        self.log.debug(f"masks: {self.model.masks.summary()}")  # --verbose
+        if self.config.verbose:
+            self.log.debug(f"masks: {self.model.masks.summary()}")
         return result
 
     def _enter_full_embedding(self, epoch: int) -> None:

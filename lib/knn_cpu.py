@@ -278,11 +278,9 @@ def _offer(candidates, hit_rows, hit_cols, distances, block: tuple[slice, slice]
         parts.append((hit_rows[keep] + rows.start, distances[keep], order[cols][hit_cols[keep]]))
     if to_cols:
         keep = np.flatnonzero(distances <= candidates.admit[cols][hit_cols])
-        by_column = keep[
-            np.argsort(
-                hit_cols[keep].astype(np.uint16) if cols.stop - cols.start <= 2**16 else hit_cols[keep], kind="stable"
-            )
-        ]
+        kept_cols = hit_cols[keep]
+        narrow = cols.stop - cols.start <= 2**16
+        by_column = keep[np.argsort(kept_cols.astype(np.uint16) if narrow else kept_cols, kind="stable")]
         parts.append((hit_cols[by_column] + cols.start, distances[by_column], order[rows][hit_rows[by_column]]))
     targets, values, partners = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
     candidates.offer(targets, make_keys(values, partners))
