@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -36,7 +37,7 @@ from lib.env import environment_report
 from lib.errors import CheckpointError, ConfigError, UserFacingError
 from lib.faiss_backend import describe_faiss
 from lib.preemption import PreemptionFlag
-from lib.runs import STATUS_FILE, RunFolder, epoch_tag, setup_logger, stop_on_write_failure
+from lib.runs import STATUS_FILE, RunFolder, epoch_tag, move_aside, setup_logger, stop_on_write_failure
 from lib.wandb_sink import WandbSink
 from metriclearning.clustering import SeedStream
 from metriclearning.hierarchy import backbone_frozen, is_recluster_epoch, splits_at_epoch, stop_recluster_due
@@ -107,8 +108,6 @@ class Trainer:
         torch.backends.cudnn.benchmark = False
 
     def _record_start(self, argv: list[str]) -> None:
-        import os
-
         config = self.config
         derived = {
             "run_name": config.run_name(),
@@ -168,7 +167,7 @@ class Trainer:
         metrics = self._evaluate()
         eval_s = time.perf_counter() - started
         self.log.info(f"untrained model: {self._format_metrics(metrics)}")
-        result = self._recluster(-1)
+        self._recluster(-1)
         record = {
             "epoch": -1,
             "K": self.clusters.k,
@@ -179,7 +178,6 @@ class Trainer:
             **metrics,
         }
         self._save_epoch_end(-1, record, improved=False)
-        del result
 
     def _run_epoch(self, epoch: int, progress: EpochProgress | None) -> dict | None:
         config, flags = self.config, self.flags
@@ -264,7 +262,7 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------ pieces of an epoch
-    def _recluster(self, epoch: int):
+    def _recluster(self, epoch: int) -> None:
         config = self.config
         splits = epoch >= 0 and splits_at_epoch(epoch, self.clusters.k, config.nb_clusters, config.hierarchy_method)
         if self.clusters.k == 1 and not splits:
@@ -290,13 +288,10 @@ class Trainer:
         self.train_model = self._wrap_model()  # a split replaced mask parameters
         if self.dist.is_main:
             if self.run.recluster_path(epoch).exists():  # a resumed run redoes this recluster
-                from lib.runs import move_aside
-
                 move_aside(self.run.recluster_path(epoch))
             save_recluster_record(self.run, epoch, result, self.train_labels, self.model.masks.stacked())
         if self.config.verbose:
             self.log.debug(f"masks: {self.model.masks.summary()}")
-        return result
 
     def _enter_full_embedding(self, epoch: int) -> None:
         """The conquer stage: masks frozen and out of the optimizer; the regulariser is only recorded."""
