@@ -150,12 +150,15 @@ class Trainer:
             start_epoch, progress = self._restore(self.resume_state)
             self.resume_state = None
         for epoch in range(start_epoch, self.config.nb_epochs):
+            # Checked before each epoch, so that a signal during start-up, the initial evaluation or an epoch's
+            # evaluation stops before the next recluster; one after the last epoch finishes the run anyway.
+            if self._stop_requested():
+                at = f"epoch {epoch}, batch {progress.next_batch}" if progress is not None else None
+                self._stop_interrupted(epoch - 1, at=at)
+                return
             record = self._run_epoch(epoch, progress)
             progress = None
             if record is None:  # preempted mid-epoch: `last` is written, exit 0
-                return
-            if self._stop_requested() and epoch < self.config.nb_epochs - 1:  # after the last: finished anyway
-                self._stop_interrupted(epoch)
                 return
         if self.dist.is_main:
             self.run.set_status("finished", last_epoch=self.config.nb_epochs - 1)

@@ -74,11 +74,15 @@ def build_state(
 
 
 def write_epoch_checkpoints(run: RunFolder, state: dict, *, epoch: int, save_model: int, improved: bool) -> None:
-    """``last`` always; ``best`` on improvement; ``ep{E}`` every ``save_model`` epochs when it is > 1."""
+    """``best`` on improvement; ``ep{E}`` every ``save_model`` epochs when it is > 1; ``last`` always, last of all.
+
+    A resume trusts ``last`` (its best epoch included), so ``last`` is written after the others: a kill between
+    two writes leaves ``best`` ahead of ``last``, never behind it, and redoing the epoch rewrites it.
+    """
     if save_model == 0:
         return
-    save_checkpoint(run.checkpoint_path("last"), state)
     if improved:
         save_checkpoint(run.checkpoint_path("best"), state)
     if save_model > 1 and epoch >= 0 and (epoch + 1) % save_model == 0:
         save_checkpoint(run.checkpoint_path(f"ep{epoch_tag(epoch)}"), state)
+    save_checkpoint(run.checkpoint_path("last"), state)

@@ -70,28 +70,59 @@ def _resume_plan(run: RunFolder, first: Path, config: Config, log) -> RunPlan:
 
 
 def good_checkpoints(run: RunFolder) -> list[Path]:
-    """Candidates for --resume-fallback, newest first: last, periodic (newest epoch first), best."""
-    periodic = sorted(run.checkpoints.glob("ep*.pt"), reverse=True)
+    """The checkpoint files of ``run`` that --resume-fallback may try: last, periodic (newest first), best."""
+    periodic = sorted(run.checkpoints.glob("ep*.pt"), key=_periodic_epoch, reverse=True)
     return [p for p in [run.checkpoint_path("last"), *periodic, run.checkpoint_path("best")] if p.exists()]
 
 
 def load_with_fallback(run: RunFolder, first: Path, config: Config, *, fallback: bool, log) -> tuple[Path, dict]:
-    """Load ``first``; with ``fallback`` skip damaged checkpoints and take the newest good one."""
-    candidates = [first] + ([p for p in good_checkpoints(run) if p != first] if fallback else [])
+    """Load ``first``; with ``fallback`` skip damaged checkpoints and take the one of the newest epoch.
+
+    ``first`` (``last``, or the file the user named) is tried first, then ``last``, the newest when it loads.
+    Then ``best`` may be newer than every periodic checkpoint or older than some: its epoch is known only once
+    it is loaded, so it is loaded next and only the periodic checkpoints of later epochs are tried before it.
+    """
     errors = []
-    for candidate in candidates:
+
+    def attempt(candidate: Path) -> dict | None:
         try:
-            state = _load_matching(candidate, config)
+            return _load_matching(candidate, config)
         except CheckpointError as error:
             if not fallback:
                 raise
             errors.append(str(error))
             log(f"warning: {error}")
+            return None
+
+    others = [p for p in good_checkpoints(run) if p != first]
+    last, best = run.checkpoint_path("last"), run.checkpoint_path("best")
+    for candidate in [first, *[p for p in others if p == last]]:
+        state = attempt(candidate)
+        if state is not None:
+            if candidate != first:
+                log(f"--resume-fallback: resuming from {candidate}")
+            return candidate, state
+    best_state = attempt(best) if best in others else None
+    best_epoch = last_completed_epoch(best_state) if best_state is not None else None
+    for candidate in others:
+        if candidate in (last, best):
             continue
-        if candidate != first:
+        if best_epoch is not None and _periodic_epoch(candidate) <= best_epoch:
+            break
+        state = attempt(candidate)
+        if state is not None:
             log(f"--resume-fallback: resuming from {candidate}")
-        return candidate, state
+            return candidate, state
+    if best_state is not None:
+        log(f"--resume-fallback: resuming from {best}")
+        return best, best_state
     raise CheckpointError(f"no readable checkpoint in {run.checkpoints}: {' | '.join(errors)}")
+
+
+def _periodic_epoch(path: Path) -> int:
+    """The epoch in a periodic checkpoint's name (ep0012.pt -> 12); -1 for a name that holds none."""
+    digits = path.stem[2:]
+    return int(digits) if digits.isdigit() else -1
 
 
 def _load_matching(path: Path, config: Config) -> dict:

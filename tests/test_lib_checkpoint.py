@@ -1,5 +1,7 @@
 import os
 import pickle
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -83,3 +85,36 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def _tensor_data_offset(path) -> int:
+    """Where the bytes of the checkpoint's largest record (a tensor) begin in the file: after its local header."""
+    with zipfile.ZipFile(path) as archive:
+        record = max(archive.infolist(), key=lambda info: info.file_size)
+    with open(path, "rb") as handle:
+        handle.seek(record.header_offset)
+        header = handle.read(30)
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return record.header_offset + 30 + name_length + extra_length
+
+
+def test_a_flipped_bit_inside_a_tensor_is_detected(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.arange(4096, dtype=torch.float32)}})
+    data = bytearray(path.read_bytes())
+    data[_tensor_data_offset(path) + 4 * 1000] ^= 0x01  # the lowest mantissa bit of w[1000]
+    path.write_bytes(bytes(data))
+    silently = torch.load(path, weights_only=True)  # what torch alone would hand back
+    assert silently["model"]["w"][1000] != 1000
+    with pytest.raises(CheckpointError, match=r"last\.pt is corrupt.*checksum"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_written_without_checksums_still_loads(tmp_path, monkeypatch):
+    config = pytest.importorskip("torch.utils.serialization").config  # torch >= 2.7 can turn CRCs off
+    monkeypatch.setattr(config.save, "compute_crc32", False)
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.arange(4096, dtype=torch.float32)}})
+    with zipfile.ZipFile(path) as archive:
+        assert all(info.CRC == 0 for info in archive.infolist())
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.arange(4096, dtype=torch.float32))

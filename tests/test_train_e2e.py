@@ -230,6 +230,22 @@ def test_a_stop_during_a_recluster_takes_effect_before_the_first_step_and_keeps_
     assert all(torch.equal(model[key], expected_model[key]) for key in model)
 
 
+def test_a_stop_during_the_initial_evaluation_takes_effect_before_epoch_0(tmp_path, monkeypatch, capsys):
+    """Epoch 0's recluster (a split here) can take minutes on a real dataset: a signal must not wait for it."""
+    args = GLYPHS + ["--nb-epochs", "2", "--nb-clusters", "2", "--mod-epoch", "1"]
+    with monkeypatch.context() as patch:
+        _stop_after(patch, "_evaluate", call=1)
+        assert run_main(args, tmp_path, monkeypatch) == 0
+    assert "SIGTERM: stopped at the end of epoch -1" in capsys.readouterr().err
+    [run] = run_folders(tmp_path)
+    assert _status(run)["state"] == "interrupted" and _status(run)["last_epoch"] == -1
+    assert [record["epoch"] for record in epochs_of(run)] == [-1]
+    assert sorted(p.name for p in (run / "recluster").iterdir()) == ["e-001.npz"]
+    assert run_main(args, tmp_path, monkeypatch) == 0
+    assert [record["epoch"] for record in epochs_of(run)] == [-1, 0, 1]
+    assert _status(run)["state"] == "finished"
+
+
 def test_a_stop_during_the_last_evaluation_still_finishes_the_run(tmp_path, monkeypatch, capsys):
     args = GLYPHS + ["--nb-epochs", "2"]
     with monkeypatch.context() as patch:
