@@ -58,19 +58,9 @@ TRAINING_FIELDS = (
 class Trainer:
     """One run: holds the parts built from the config and walks through the epochs of METHOD.md §3."""
 
-    def __init__(self, config: Config, argv: list[str], dist: DistContext, device: torch.device):
+    def __init__(self, config: Config, plan: RunPlan, argv: list[str], dist: DistContext, device: torch.device):
         self.config, self.dist, self.device = config, dist, device
         self.wandb: WandbSink | None = None  # --wandb-enabled, main process only
-        plan = _shared_plan(config, dist)
-        if plan.finished_epochs is not None:
-            if dist.is_main:
-                if plan.run.finish_if_complete(plan.finished_epochs):
-                    print(f"{plan.run.path / STATUS_FILE} did not say finished; it does now.")
-                print(
-                    f"already trained for {plan.finished_epochs} epochs ({plan.run.path}); add --overwrite to train "
-                    "again, or a larger --nb-epochs to continue."
-                )
-            raise SystemExit(0)
         self.run: RunFolder = plan.run
         self.resume_state, self.resume_source = plan.resume_state, plan.resume_source
         self.log = setup_logger(None, verbose=config.verbose)  # the log file joins once the folder exists
@@ -92,8 +82,10 @@ class Trainer:
         self.flags = RunFlags(recluster_active=config.nb_clusters > 1, stop_recluster_armed=config.stop_recluster)
         self.selection_key = "val/R@1" if self.data.val is not None else "R@1"
         if dist.is_main:  # only now, with data and model built, so a typo in a flag leaves no folder behind
-            self.run.create()
+            moved = self.run.create(fresh=plan.fresh, replace_existing=plan.replace_existing)
             self.log = setup_logger(self.run.path / "log.txt", verbose=config.verbose)
+            if moved is not None:
+                self.log.info(f"--overwrite: moved the previous run folder to {moved}")
             self._record_start(argv)
             if config.verbose:  # the summary reads the masks from the device: only when it is shown
                 self.log.debug(f"masks created: {self.model.masks.summary()}")
@@ -523,9 +515,19 @@ def _shared_plan(config: Config, dist: DistContext) -> RunPlan:
     return RunPlan(RunFolder(path), state, source, finished)
 
 
+def _report_finished(plan: RunPlan, dist: DistContext) -> None:
+    if dist.is_main:
+        if plan.run.finish_if_complete(plan.finished_epochs):
+            print(f"{plan.run.path / STATUS_FILE} did not say finished; it does now.")
+        print(
+            f"already trained for {plan.finished_epochs} epochs ({plan.run.path}); add --overwrite to train "
+            "again, or a larger --nb-epochs to continue."
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    trainer = None
+    trainer = plan = None
     # Subnormal activations of a freshly initialised network slow CPU convolutions several-fold; the
     # processor flag is process-wide, so it is switched back off when training returns.
     torch.set_flush_denormal(True)
@@ -537,7 +539,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"--batch-size {config.batch_size} must be divisible by the {dist.world_size} torchrun processes "
                 "(each trains an equal share of every batch)."
             )
-        trainer = Trainer(config, argv, dist, device)
+        plan = _shared_plan(config, dist)  # on rank 0 it holds the run folder's lock until the end
+        if plan.finished_epochs is not None:
+            _report_finished(plan, dist)
+            raise SystemExit(0)
+        trainer = Trainer(config, plan, argv, dist, device)
         trainer.fit()
     except UserFacingError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -556,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
             if trainer.wandb is not None:
                 trainer.wandb.finish()
             shutdown(trainer.dist)
+        if plan is not None:
+            plan.run.unlock()
     return 0
 
 

@@ -1,12 +1,13 @@
 """Where a run lives and whether it starts, resumes or is already done (METHOD.md §3.1 step 1, §9.1)."""
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.config import Config
 from lib.checkpoint import load_checkpoint
 from lib.errors import CheckpointError, ConfigError
-from lib.runs import RunFolder, move_aside, read_epoch_records
+from lib.runs import RunFolder, read_epoch_records
 
 LOG_ROOT = Path("log")
 RESUME_ENTRIES = ("config_hash", "epoch", "model", "optimizer", "criterion", "clusters", "flags", "rng", "record")
@@ -15,10 +16,14 @@ FALLBACK_HINT = " Pass --resume-fallback to continue from the newest good checkp
 
 @dataclass(frozen=True)
 class RunPlan:
+    """What the command does with its run folder. On rank 0, ``run`` holds the folder's lock if it exists."""
+
     run: RunFolder
     resume_state: dict | None = None  # the checkpoint to continue from; None = start from scratch
     resume_source: Path | None = None
     finished_epochs: int | None = None  # set when nothing is left to train
+    fresh: bool = False  # the folder does not exist yet
+    replace_existing: bool = False  # --overwrite: move the existing folder aside when the run starts
 
 
 def run_folder_for(config: Config) -> Path:
@@ -31,34 +36,75 @@ def last_completed_epoch(checkpoint: dict) -> int:
 
 
 def plan_run(config: Config, log=print) -> RunPlan:
-    """Apply the first matching rule of §3.1 step 1 (overwrite, create, finished, resume, error)."""
+    """Apply the first matching rule of §3.1 step 1 (overwrite, create, finished, resume, error).
+
+    An existing folder is locked before anything is decided, so that a second copy of a running command stops
+    here instead of writing the same folder; the caller releases the lock (``plan.run.unlock()``).
+    """
     explicit = config.resume or config.checkpoint
     if explicit:
-        target = Path(explicit)
-        if not target.exists():
-            flag = "--resume" if config.resume != config.checkpoint else "--checkpoint"
-            raise ConfigError(f"{flag} {explicit}: no such file or run folder; give a checkpoint file or a run folder.")
-        if target.is_dir():
-            run, first = RunFolder(target), RunFolder(target).checkpoint_path("last")
-        else:
-            run = RunFolder(target.parent.parent if target.parent.name == "checkpoints" else target.parent)
-            first = target
-        return _resume_plan(run, first, config, log)
-    path = run_folder_for(config)
-    run = RunFolder(path)
-    if config.overwrite and path.exists():
-        log(f"--overwrite: moved the previous run folder to {move_aside(path)}")
-    if not path.exists():
-        return RunPlan(run)
+        run, first = _explicit_target(config, explicit)
+    else:
+        run = RunFolder(run_folder_for(config))
+        first = run.checkpoint_path("last")
+        if not run.path.exists():
+            _check_creatable(run.path)
+            return RunPlan(run, fresh=True)
+    run.lock()
+    try:
+        if explicit:
+            return _resume_plan(run, first, config, log)
+        return _plan_existing(run, config, log)
+    except BaseException:
+        run.unlock()
+        raise
+
+
+def _plan_existing(run: RunFolder, config: Config, log) -> RunPlan:
+    if config.overwrite:
+        return RunPlan(run, replace_existing=True)
     if run.checkpoint_path("last").exists() or (config.resume_fallback and good_checkpoints(run)):
         return _resume_plan(run, run.checkpoint_path("last"), config, log)
-    epochs = [record["epoch"] for record in read_epoch_records(path)[0]]
+    epochs = [record["epoch"] for record in read_epoch_records(run.path)[0]]
     if epochs and max(epochs) >= config.nb_epochs - 1:
         return RunPlan(run, finished_epochs=max(epochs) + 1)
     raise ConfigError(
-        f"the run folder {path} exists but has no 'last' checkpoint to resume from (was it run with "
+        f"the run folder {run.path} exists but has no 'last' checkpoint to resume from (was it run with "
         "--save-model 0, or killed before its first checkpoint?). Add --overwrite to move it aside and start again."
     )
+
+
+def _explicit_target(config: Config, explicit: str) -> tuple[RunFolder, Path]:
+    """(the run folder, the checkpoint to try first) of --resume/--checkpoint PATH."""
+    flag = "--resume" if config.resume != config.checkpoint else "--checkpoint"
+    target = Path(explicit)
+    if not target.exists():
+        raise ConfigError(f"{flag} {explicit}: no such file or run folder; give a checkpoint file or a run folder.")
+    if target.is_dir():
+        folder, first = target, target / "checkpoints" / "last.pt"
+        if target.name == "checkpoints" and (target.parent / "config.json").is_file():
+            folder, first = target.parent, target / "last.pt"
+    else:
+        folder = target.parent.parent if target.parent.name == "checkpoints" else target.parent
+        first = target
+    if not (folder / "config.json").is_file():
+        what = "a run folder" if target.is_dir() else "inside a run folder (RUN/checkpoints/NAME.pt)"
+        raise ConfigError(
+            f"{flag} {explicit}: not {what}: {folder} has no config.json. Give the folder of a run under log/ or "
+            "one of its checkpoint files."
+        )
+    return RunFolder(folder), first
+
+
+def _check_creatable(path: Path) -> None:
+    """Fail before the data and model are built if the run folder cannot be created where it should be."""
+    existing = next(parent for parent in path.parents if parent.exists())  # "." or "/" at the latest
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create the run folder {path}: {existing} is a file. Choose another --log-dir.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot create the run folder {path}: no permission to write in {existing}. Choose another --log-dir."
+        )
 
 
 def _resume_plan(run: RunFolder, first: Path, config: Config, log) -> RunPlan:

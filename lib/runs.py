@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 
 from lib.atomic import append_line, atomic_write, atomic_write_json
-from lib.errors import CheckpointError
+from lib.errors import CheckpointError, ConfigError
+from lib.run_lock import lock_run_folder
 
 EPOCHS_FILE = "epochs.jsonl"
 STATUS_FILE = "status.json"
@@ -109,10 +110,45 @@ class RunFolder:
         self.recluster_dir = self.path / "recluster"
         self.masks_dir = self.path / "masks"
         self._status: dict = {}
+        self._lock = None
 
-    def create(self) -> None:
-        for folder in (self.path, self.checkpoints, self.recluster_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+    def lock(self) -> None:
+        """Hold the folder's lock until ``unlock`` (lib/run_lock.py): one training process per folder."""
+        if self._lock is None:
+            self._lock = lock_run_folder(self.path)
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def create(self, *, fresh: bool = False, replace_existing: bool = False) -> Path | None:
+        """Make the folder and take its lock; returns where a replaced folder went.
+
+        ``fresh``: the folder must not exist yet; if another process made it since this one planned the run, that
+        process owns it. ``replace_existing`` (--overwrite): an existing folder is moved aside first, here, once
+        the run is known to start, so that a command that fails earlier leaves the old run in place.
+        """
+        moved = None
+        if replace_existing and self.path.exists():
+            moved = move_aside(self.path)
+            self.unlock()
+        try:
+            self.path.mkdir(parents=True, exist_ok=not (fresh or replace_existing))
+            for folder in (self.checkpoints, self.recluster_dir):
+                folder.mkdir(exist_ok=True)
+        except FileExistsError as error:
+            raise ConfigError(
+                f"the run folder {self.path} was created by another process after this command started: is the "
+                "same command running twice? Choose another -i or --log-dir for a separate run."
+            ) from error
+        except OSError as error:
+            raise ConfigError(
+                f"cannot create the run folder {self.path} ({error.strerror}); choose another --log-dir or fix the "
+                "permissions."
+            ) from error
+        self.lock()
+        return moved
 
     @property
     def epochs_file(self) -> Path:

@@ -23,6 +23,8 @@ from dataset.loader import Batch
 from experiment.epoch import EpochProgress, StepSetup, train_one_epoch
 from lib import checkpoint as checkpoint_module
 from lib.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from lib.errors import DatasetError
+from lib.run_lock import LOCK_FILE, lock_run_folder
 from metriclearning.criteria import build_criterion
 from metriclearning.losses import MarginLoss
 from metriclearning.masks import LearnerMasks
@@ -167,6 +169,42 @@ def test_truncated_last_checkpoint_needs_resume_fallback_which_resumes_from_best
     assert [r["epoch"] for r in epochs_of(run)] == [-1, 0, 1]
     assert load_checkpoint(last)["epoch"] == 1
     assert _status(run)["state"] == "finished"
+
+
+# ---------------------------------------------------------------- a second copy of the command, --overwrite
+def test_a_run_folder_in_use_is_one_error_and_its_records_stay_as_they_were(extended, tmp_path, monkeypatch, capsys):
+    run = extended
+    before = {path.name: _sha256(path) for path in run.iterdir() if path.is_file() and path.name != LOCK_FILE}
+    holder = lock_run_folder(run)  # as the first copy of the command would, while it trains
+    try:
+        assert run_main(TWO_EPOCHS, tmp_path, monkeypatch) == 2
+        assert "is in use by pid" in _error_line(capsys)
+        assert run_main(TWO_EPOCHS + ["--overwrite"], tmp_path, monkeypatch) == 2
+        assert "is in use by pid" in _error_line(capsys)
+    finally:
+        holder.close()
+    after = {path.name: _sha256(path) for path in run.iterdir() if path.is_file() and path.name != LOCK_FILE}
+    assert after == before and [p.name for p in run.parent.iterdir()] == [run.name]
+    assert run_main(TWO_EPOCHS, tmp_path, monkeypatch) == 0  # released: the same command resumes
+    assert [r["epoch"] for r in epochs_of(run)] == [-1, 0, 1]
+
+
+def test_overwrite_moves_the_old_run_aside_only_once_the_new_one_starts(extended, tmp_path, monkeypatch, capsys):
+    run = extended
+
+    def failing_build(config):
+        raise DatasetError("the dataset is not where --dataset-dir says")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "build_data", failing_build)
+        assert run_main(TWO_EPOCHS + ["--overwrite"], tmp_path, monkeypatch) == 2
+    assert "--dataset-dir" in _error_line(capsys)
+    assert [p.name for p in run.parent.iterdir()] == [run.name] and _status(run)["state"] == "finished"
+    assert run_main(TWO_EPOCHS + ["--overwrite"], tmp_path, monkeypatch) == 0
+    [moved] = [p for p in run.parent.iterdir() if p != run]
+    assert moved.name.startswith(run.name + ".moved-") and [r["epoch"] for r in epochs_of(moved)] == [-1, 0]
+    assert f"--overwrite: moved the previous run folder to {moved.relative_to(tmp_path)}" in capsys.readouterr().err
+    assert [r["epoch"] for r in epochs_of(run)] == [-1, 0, 1]
 
 
 # ---------------------------------------------------------------- hostile checkpoints

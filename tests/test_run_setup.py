@@ -1,15 +1,18 @@
-"""Which checkpoint a resume continues from (experiment/run_setup.py) and the order the epoch's checkpoints are
-written in (experiment/checkpointing.py), on small hand-made checkpoint files."""
+"""What a command does with its run folder (experiment/run_setup.py: lock, resume source, where it may go) and the
+order the epoch's checkpoints are written in (experiment/checkpointing.py), on small hand-made files."""
 
+import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 
 from experiment import checkpointing
 from experiment.config import parse_config
-from experiment.run_setup import RESUME_ENTRIES, load_with_fallback
+from experiment.run_setup import RESUME_ENTRIES, load_with_fallback, plan_run, run_folder_for
 from lib.checkpoint import save_checkpoint
-from lib.errors import CheckpointError
+from lib.errors import CheckpointError, ConfigError
+from lib.run_lock import LOCK_FILE
 from lib.runs import RunFolder
 from tests.test_train_e2e import GLYPHS
 
@@ -90,3 +93,61 @@ def test_last_is_written_after_best_and_the_periodic_checkpoint(tmp_path, monkey
     written.clear()
     checkpointing.write_epoch_checkpoints(run, {}, epoch=4, save_model=2, improved=False)
     assert written == ["last"]
+
+
+# ---------------------------------------------------------------- the run folder's lock and where it may go
+def test_a_locked_run_folder_is_refused_naming_its_holder_and_free_again_once_released(tmp_path, config, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = RunFolder(run_folder_for(config))
+    run.create(fresh=True)
+    assert (run.path / LOCK_FILE).read_text().startswith(f"pid {os.getpid()} on ")
+    with pytest.raises(ConfigError, match=rf"in use by pid {os.getpid()} on .*another -i or --log-dir"):
+        plan_run(config)
+    run.unlock()
+    with pytest.raises(ConfigError, match="no 'last' checkpoint"):  # planned, then released on the error
+        plan_run(config)
+    plan = plan_run(dataclasses.replace(config, overwrite=True))
+    assert plan.replace_existing and run.path.is_dir()  # moved aside only when the run starts
+    with pytest.raises(ConfigError, match="in use"):
+        plan_run(config)
+    moved = plan.run.create(replace_existing=True)
+    assert moved.name.startswith(run.path.name + ".moved-") and (moved / LOCK_FILE).exists()
+    assert run.path.is_dir() and not (run.path / "status.json").exists()
+    with pytest.raises(ConfigError, match="in use"):  # the new folder is locked in turn
+        plan_run(config)
+    plan.run.unlock()
+
+
+def test_a_fresh_folder_made_by_another_process_meanwhile_is_refused(tmp_path, config, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = plan_run(config)
+    assert plan.fresh
+    RunFolder(plan.run.path).create()  # the other copy of the command got there first
+    with pytest.raises(ConfigError, match="created by another process"):
+        plan.run.create(fresh=True)
+
+
+def test_a_log_folder_that_cannot_be_created_is_refused_before_any_work(tmp_path, config, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "log").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"cannot create the run folder .*: log is a file"):
+        plan_run(config)
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--checkpoint"])
+def test_resume_from_a_folder_or_file_outside_a_run_is_one_error(tmp_path, flag):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.pt").write_bytes(b"")
+    for target, named in [(tmp_path / "data", "not a run folder"), (tmp_path / "data" / "x.pt", "inside a run")]:
+        config = parse_config(GLYPHS + [flag, str(target)], cuda_available=False)
+        with pytest.raises(ConfigError, match=rf"{flag} .*{named}.*has no config\.json"):
+            plan_run(config)
+
+
+def test_resume_accepts_the_checkpoints_folder_of_a_run(tmp_path, config):
+    run = _run_with(tmp_path, config, {"last": 3})
+    (run.path / "config.json").write_text("{}")
+    with_folder = parse_config(GLYPHS + ["--nb-epochs", "9", "--resume", str(run.checkpoints)], cuda_available=False)
+    plan = plan_run(with_folder)
+    assert plan.run.path == run.path and plan.resume_source == run.checkpoint_path("last")
+    plan.run.unlock()
