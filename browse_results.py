@@ -215,9 +215,11 @@ def build_figure(runs: list[RunSummary]):
 
 
 def _check_output(path: Path, flag: str, run_dirs: list[Path]) -> None:
-    """Refuse outputs that would land in a run folder or a missing folder, before any work is done."""
+    """Refuse outputs that would land in a run folder, a missing folder or on a folder, before any work is done."""
     if not path.parent.is_dir():
         raise ConfigError(f"{flag} {path}: folder {path.parent} does not exist; create it or choose another path")
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file name")
     resolved = path.resolve()
     for run_dir in run_dirs:
         if resolved.is_relative_to(run_dir.resolve()):
@@ -256,7 +258,8 @@ def browse(args: argparse.Namespace, now: dt.datetime) -> int:
     except re.error as error:
         raise ConfigError(f"-g {args.grep!r} is not a valid regular expression: {error}") from error
     run_dirs = find_run_dirs(root)
-    for flag, path in (("--csv", args.csv), ("--plot", args.plot)):
+    plot_path = None if args.plot is None else _plot_path(args.plot)
+    for flag, path in (("--csv", args.csv), ("--plot", plot_path)):
         if path is not None:
             _check_output(path, flag, run_dirs)
     names = {run_dir: _run_name(root, run_dir) for run_dir in run_dirs}
@@ -270,15 +273,34 @@ def browse(args: argparse.Namespace, now: dt.datetime) -> int:
     elif any(run.best_epoch is not None for run in runs):
         print("metrics in % at the best epoch; sel test = chosen by R@1 on the test set, val = by val/R@1")
     if args.csv is not None:
-        write_csv(args.csv, columns, runs)
-        print(f"wrote {args.csv}")
-    if args.plot is not None:
+        _write_output("--csv", args.csv, lambda: write_csv(args.csv, columns, runs))
+    if plot_path is not None:
         if runs:
-            build_figure(runs).savefig(args.plot, dpi=90)
-            print(f"wrote {args.plot}")
+            _write_output("--plot", plot_path, lambda: build_figure(runs).savefig(plot_path, dpi=90))
         else:
-            print(f"nothing to plot; {args.plot} not written")
+            print(f"nothing to plot; {plot_path} not written")
     return 0
+
+
+def _plot_path(path: Path) -> Path:
+    """The file the figure goes to: PNG when the name has no suffix, else a format that matplotlib writes."""
+    from matplotlib.figure import Figure
+
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    formats = Figure().canvas.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        supported = ", ".join(formats)
+        raise ConfigError(f"--plot {path}: matplotlib cannot write {path.suffix} files; use one of {supported}")
+    return path
+
+
+def _write_output(flag: str, path: Path, write) -> None:
+    try:
+        write()
+    except OSError as error:
+        raise ConfigError(f"{flag} {path}: cannot write it ({error.strerror or error}); choose another path") from error
+    print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -550,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
         _record_end(trainer, "failed", str(error))
         return 2
     except KeyboardInterrupt:
+        print(
+            "\ninterrupted (Ctrl-C): the work since the last checkpoint is lost. Run the same command again to resume "
+            "from that checkpoint. To stop after the current step with a checkpoint instead, send SIGTERM or "
+            f"SIGUSR1 (kill -TERM {os.getpid()}).",
+            file=sys.stderr,
+        )
         _record_end(trainer, "interrupted", "KeyboardInterrupt")
         return 130
     except Exception as error:

@@ -150,7 +150,13 @@ def load_rgb(image) -> np.ndarray:
             raise DatasetError(f"in-memory image of shape {image.shape}: need 1 or 3 channels")
         return image
     path = str(image)
-    bgr = cv2.imread(path, _DECODE) if _is_utf8(path) else _imdecode_file(path)
+    try:
+        bgr = cv2.imread(path, _DECODE) if _is_utf8(path) else _imdecode_file(path)
+    except cv2.error as error:  # e.g. more pixels than OpenCV's CV_IO_MAX_IMAGE_PIXELS (2^30 by default)
+        raise DatasetError(
+            f"cannot read image {printable(path)}: OpenCV refused it ({error.err}). Replace, shrink or remove the "
+            "file, then run again."
+        ) from error
     if bgr is None or bgr.size == 0:
         reason = "the file does not exist" if not os.path.exists(path) else "OpenCV cannot decode it"
         raise DatasetError(
@@ -301,15 +307,15 @@ def require_path(path: str, what: str, dataset: str, layout: str, is_dir: bool) 
         )
 
 
-def line_error(path: str, line_no: int, line: str, expected: str) -> DatasetError:
+ARCHIVE_FIX = "The file may be truncated or edited: restore the original from the dataset archive."
+
+
+def line_error(path: str, line_no: int, line: str, expected: str, fix: str = ARCHIVE_FIX) -> DatasetError:
     """The error for an annotation line that does not parse, naming the file and 1-based line number."""
     quoted = line.rstrip()
     if len(quoted) > 200:
         quoted = quoted[:200] + "…"
-    return DatasetError(
-        f"{path}, line {line_no}: cannot parse {quoted!r}; expected {expected}. "
-        "The file may be truncated or edited: restore the original from the dataset archive."
-    )
+    return DatasetError(f"{path}, line {line_no}: cannot parse {quoted!r}; expected {expected}. {fix}")
 
 
 def read_lines(path: str) -> list[str]:

@@ -51,7 +51,7 @@ def read_split_file(split_file: str, known: set[str]) -> dict[str, str]:
             continue
         fields = content.split(maxsplit=1)
         if len(fields) != 2 or fields[0] not in ("train", "eval"):
-            raise line_error(split_file, line_no, line, SPLIT_LINE_FORMAT)
+            raise line_error(split_file, line_no, line, SPLIT_LINE_FORMAT, fix="Correct that line of --split-file.")
         split, name = fields[0], fields[1].strip()
         if name not in known:
             raise DatasetError(

@@ -52,6 +52,7 @@ REFERENCE_PX = 32.0  # em size of the measuring render that also decides whether
 SUPERSAMPLED_PX = 64  # images are warped at about this size, then box-filtered down to ``size``
 ALGORITHM_VERSION = 1  # bump when a change alters the pixels, so that stale cache files are not reused
 LAYOUT = "generated from the TrueType fonts bundled with matplotlib (METHOD.md §12); no files needed"
+MIN_SIZE, MAX_SIZE = 8, 512  # --glyphs-size: a legible character; a demo set kept in memory
 
 _memory_cache: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
 
@@ -169,8 +170,11 @@ def _validate(n_classes: int, renders: int, size: int) -> None:
         )
     if renders < 1:
         raise ConfigError(f"--glyphs-renders {renders}: need at least 1 render per class and face")
-    if size < 8:
-        raise ConfigError(f"--glyphs-size {size}: need at least 8 pixels for a legible character")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ConfigError(
+            f"--glyphs-size {size}: choose {MIN_SIZE} (a legible character) to {MAX_SIZE} pixels; the built-in "
+            "dataset is held in memory (larger images belong in --dataset folder)"
+        )
 
 
 def _cache_key(n_classes: int, renders: int, size: int) -> str:

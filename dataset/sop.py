@@ -14,7 +14,7 @@ LAYOUT = (
     "per line, path relative to R/sop, e.g. bicycle_final/111085122871_0.JPG)"
 )
 EXPECTED = {"train": (59551, 11318), "eval": (60502, 11316)}
-LINE_FORMAT = "'image_id class_id super_class_id path' (three integers and a relative path)"
+LINE_FORMAT = "'image_id class_id super_class_id path' (three integers from 1 and a relative path)"
 
 
 def sop_root(dataset_dir: str | Path) -> str:
@@ -29,7 +29,7 @@ def read_list(list_path: str, root: str) -> tuple[list[str], list[int]]:
             continue
         fields = line.split(maxsplit=3)
         numbers = [parse_int(field) for field in fields[:3]]
-        if len(fields) != 4 or None in numbers:
+        if len(fields) != 4 or None in numbers or min(numbers) < 1:
             raise line_error(list_path, line_no, line, LINE_FORMAT)
         class_ids.append(numbers[1])
         paths.append(os.path.join(root, fields[3].strip()))

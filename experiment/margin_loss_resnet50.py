@@ -344,7 +344,8 @@ FLAG_GROUPS: dict[str, tuple[Flag, ...]] = {
             "--pretrained-weights",
             default=None,
             parse=str_or_none,
-            help="Load backbone weights from this local file, e.g. on machines without internet.",
+            help="Load backbone weights from this local file, e.g. on machines without internet; it is used "
+            "whatever --pretrained says.",
         ),
         _flag("--sz-embedding", default=512, parse=integer, help="D: embedding size = mask length."),
         _flag(

@@ -118,6 +118,8 @@ def _range_errors(config: Config) -> list[str]:
         value = getattr(config, field)
         if value is not None and not 0 <= value < _SEED_LIMIT:
             errors.append(f"{flag(field)} must be in [0, 2**32), got {value}.")
+    if not config.alpha > 0:
+        errors.append(f"--alpha must be > 0 (the NPairsLoss scale of the similarities), got {config.alpha}.")
     if not 0 < config.ratio_classes <= 1:
         errors.append(f"--ratio-classes must be in (0, 1], got {config.ratio_classes}.")
     if not 0 <= config.val_ratio < 1:
@@ -271,4 +273,9 @@ def _warnings(config: Config) -> list[str]:
         warnings.append("--save-model 0: no checkpoints are written, so this run cannot be resumed.")
     if config.split_file is not None and config.dataset != "folder":
         warnings.append(f"--split-file is ignored with --dataset {config.dataset} (it is for --dataset folder).")
+    if config.sz_crop > config.sz_resize:
+        warnings.append(
+            f"--sz-crop {config.sz_crop} is larger than --sz-resize {config.sz_resize}: evaluation images are padded "
+            "with black borders to the crop size (the seed used 256 and 224)."
+        )
     return warnings

@@ -5,7 +5,6 @@ statistics would be noisy and biased, so the ImageNet running statistics are kep
 """
 
 import os
-import pickle
 from collections import OrderedDict
 from urllib.error import URLError
 
@@ -111,10 +110,12 @@ def _read_weights_file(path: str) -> dict[str, torch.Tensor]:
         raise ConfigError(f"--pretrained-weights {path}: no such file.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+    except Exception as error:  # not a torch file (any text or binary), truncated, or hostile: refused alike
+        first_line = str(error).splitlines()[0][:200] if str(error) else ""
         raise CheckpointError(
             f"--pretrained-weights {path} could not be loaded as a tensors-only state_dict "
-            f"(weights_only=True): {error}. Save the weights with torch.save(model.state_dict(), PATH)."
+            f"(weights_only=True): {type(error).__name__}: {first_line}. Save the weights with "
+            "torch.save(model.state_dict(), PATH)."
         ) from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(

@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -364,6 +365,24 @@ def test_plot_of_one_run_adds_masks_and_cluster_sizes(tmp_path):
     assert titles == ["R@1 per epoch", "cluster sizes per recluster", "masks e-001 (K=1)", "masks e0000 (K=2)"]
     sizes_axes = figure.axes[1]
     assert [list(line.get_ydata()) for line in sizes_axes.lines] == [[6, 3], [3]]  # cluster 0 and cluster 1
+
+
+def test_outputs_that_cannot_be_written_are_one_message_each(tmp_path):
+    write_run(tmp_path / "log", "run")
+    (tmp_path / "folder").mkdir()
+    unsupported = r"--plot .*p\.xyz: matplotlib cannot write \.xyz files; use one of .*png"
+    cases = [
+        (["--csv", str(tmp_path / "folder")], "--csv .*folder is a folder; give a file name"),
+        (["--plot", str(tmp_path / "p.xyz")], unsupported),
+        (["--csv", "/proc/table.csv"], r"--csv /proc/table\.csv: cannot write it \("),  # no files can be made there
+        (["--plot", "/proc/plot.png"], r"--plot /proc/plot\.png: cannot write it \("),
+    ]
+    for args, expected in cases:
+        code, out, err = run_main([str(tmp_path / "log"), *args])
+        assert code == 2 and "Traceback" not in err and re.search(expected, err), (args, err)
+    code, out, _ = run_main([str(tmp_path / "log"), "--plot", str(tmp_path / "named")])  # no suffix: PNG, named so
+    assert code == 0 and f"wrote {tmp_path / 'named.png'}" in out
+    assert (tmp_path / "named.png").read_bytes().startswith(PNG_MAGIC)
 
 
 def test_plot_of_several_runs_draws_one_curve_each(tmp_path):

@@ -369,6 +369,8 @@ def test_a_zero_batch_size_is_one_error_not_also_one_for_the_eval_batch_size_it_
         (["--glyphs-classes", "-1"], ["--glyphs-classes"]),
         (["--glyphs-renders", "0"], ["--glyphs-renders"]),
         (["--glyphs-size", "0"], ["--glyphs-size"]),
+        (["--criterion", "NPairsLoss", "--alpha", "-1"], ["--alpha"]),
+        (["--alpha", "0"], ["--alpha"]),
         (["--eval-batch-size", "0"], ["--eval-batch-size"]),
         (["-seed", "-1"], ["--random-seed"]),
         (["--base-lr=-1e-3"], ["--base-lr"]),
@@ -423,6 +425,7 @@ def test_amp_fp16_and_faiss_gpu_with_cuda(monkeypatch):
         (["--soft-loss"], "--soft-loss"),
         (["--soft-loss", "--criterion", "NPairsLoss"], "--soft-loss"),
         (["--save-model", "0"], "resumed"),
+        (["--sz-resize", "16", "--sz-crop", "64"], "black borders"),
     ],
 )
 def test_warnings(argv, fragment):

@@ -3,6 +3,8 @@
 import os
 import pickle
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -134,13 +136,14 @@ def test_sop_labels_and_root_containing_sop_twice(tmp_path):
     assert train.images[0] == str(root / "chair_final" / "100001_0.JPG")
 
 
-def test_sop_unparsable_line_names_file_and_line(tmp_path):
+@pytest.mark.parametrize("line", ["3 four 1 chair_final/x.JPG", "3 0 1 chair_final/x.JPG", "3 -5 1 chair_final/x.JPG"])
+def test_sop_unparsable_line_names_file_and_line(tmp_path, line):
     make_sop(tmp_path, per_class=2)
     path = tmp_path / "sop" / "Ebay_test.txt"
     lines = path.read_text().splitlines()
-    lines[3] = "3 four 1 chair_final/x.JPG"
+    lines[3] = line
     path.write_text("\n".join(lines))
-    with pytest.raises(DatasetError, match=r"Ebay_test\.txt, line 4"):
+    with pytest.raises(DatasetError, match=r"Ebay_test\.txt, line 4: .*three integers from 1 .*dataset archive"):
         parse_dataset("sop", tmp_path)
 
 
@@ -251,7 +254,7 @@ def test_folder_split_file(tmp_path):
     ("content", "error", "message"),
     [
         ("train class_00\ntrain class_09\n", DatasetError, r"line 2: class 'class_09' is not a sub-folder"),
-        ("train class_00\nvalidate class_01\n", DatasetError, r"split\.txt, line 2: cannot parse"),
+        ("train class_00\nvalidate class_01\n", DatasetError, r"split\.txt, line 2: cannot parse.* Correct that line"),
         ("train class_00\ntrain class_00\n", DatasetError, "listed twice"),
         ("train class_00\ntrain class_01\neval class_02\n", DatasetError, "eval split .* has 1 class"),
     ],
@@ -533,6 +536,25 @@ def test_load_rgb_keeps_the_stored_pixels_of_an_exif_rotated_jpeg_as_pil_does(tm
     Image.fromarray(np.full((20, 30, 3), 128, np.uint8)).save(path, exif=exif)
     stored = np.asarray(Image.open(path).convert("RGB"))
     assert stored.shape == (20, 30, 3) and load_rgb(str(path)).shape == (20, 30, 3)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that declares ``width`` x ``height`` pixels but holds almost no data: decoders check the size first."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    payload = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(100))) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + payload)
+
+
+@pytest.mark.parametrize("name", ["huge.png", "huge-\udcff.png"])  # imread, and imdecode for non-UTF-8 names
+def test_an_image_beyond_opencvs_pixel_limit_is_one_message_naming_it(tmp_path, name):
+    path = tmp_path / name
+    _png_header_only(path, 40_000, 30_000)  # 1.2e9 pixels > 2^30
+    with pytest.raises(DatasetError, match=r"huge.*OpenCV refused it \(pixels <= CV_IO_MAX_IMAGE_PIXELS\)"):
+        load_rgb(str(path))
 
 
 def shape_and_draw(image: np.ndarray, rng: np.random.Generator) -> torch.Tensor:

@@ -111,7 +111,10 @@ def test_disk_cache_is_reused_and_a_corrupt_file_is_regenerated(tmp_path, monkey
     assert cache_file.stat().st_size > 1000
 
 
-@pytest.mark.parametrize("kwargs", [{"n_classes": 2}, {"n_classes": -1}, {"n_classes": 10**6}, {"renders": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"n_classes": 2}, {"n_classes": -1}, {"n_classes": 10**6}, {"renders": 0}, {"size": 7}, {"size": 30_000}],
+)
 def test_impossible_parameters_are_config_errors(kwargs, fresh_memory):
     with pytest.raises(ConfigError, match="--glyphs-"):
         load_glyphs(**kwargs)

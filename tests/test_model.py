@@ -272,6 +272,14 @@ def test_pickled_object_is_refused(tmp_path):
         build_backbone("resnet18", pretrained=False, weights_path=str(tmp_path / "missing.pt"))
 
 
+@pytest.mark.parametrize("content", [b"export PATH=/usr/bin\n", b"", b"\x80\x02K\x01.", bytes(range(256))])
+def test_a_weights_file_that_is_not_a_torch_file_is_one_error(tmp_path, content):
+    path = tmp_path / "env.sh"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"env\.sh could not be loaded as a tensors-only state_dict"):
+        build_backbone("resnet18", pretrained=False, weights_path=str(path))
+
+
 def test_offline_download_message(monkeypatch):
     def offline(*args, **kwargs):
         raise URLError("Name or service not known")

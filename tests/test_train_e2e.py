@@ -246,6 +246,28 @@ def test_a_stop_during_the_initial_evaluation_takes_effect_before_epoch_0(tmp_pa
     assert _status(run)["state"] == "finished"
 
 
+def test_ctrl_c_says_what_was_lost_and_how_to_resume(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def interrupted(self):
+        calls.append(1)
+        if len(calls) == 2:  # epoch 0's evaluation
+            raise KeyboardInterrupt
+        return real(self)
+
+    real = train.Trainer._evaluate
+    with monkeypatch.context() as patch:
+        patch.setattr(train.Trainer, "_evaluate", interrupted)
+        assert run_main(GLYPHS + ["--nb-epochs", "2"], tmp_path, monkeypatch) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (Ctrl-C): the work since the last checkpoint is lost" in err
+    assert "Run the same command again to resume" in err and "kill -TERM" in err
+    [run] = run_folders(tmp_path)
+    assert _status(run)["state"] == "interrupted" and [r["epoch"] for r in epochs_of(run)] == [-1]
+    assert run_main(GLYPHS + ["--nb-epochs", "2"], tmp_path, monkeypatch) == 0  # and it does resume
+    assert [r["epoch"] for r in epochs_of(run)] == [-1, 0, 1]
+
+
 def test_a_stop_during_the_last_evaluation_still_finishes_the_run(tmp_path, monkeypatch, capsys):
     args = GLYPHS + ["--nb-epochs", "2"]
     with monkeypatch.context() as patch:
