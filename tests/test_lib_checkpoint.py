@@ -110,11 +110,14 @@ def test_a_flipped_bit_inside_a_tensor_is_detected(tmp_path):
         load_checkpoint(path)
 
 
-def test_a_checkpoint_written_without_checksums_still_loads(tmp_path, monkeypatch):
+def test_a_checkpoint_written_without_checksums_still_loads(tmp_path):
     config = pytest.importorskip("torch.utils.serialization").config  # torch >= 2.7 can turn CRCs off
-    monkeypatch.setattr(config.save, "compute_crc32", False)
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"model": {"w": torch.arange(4096, dtype=torch.float32)}})
+    previous, config.save.compute_crc32 = config.save.compute_crc32, False
+    try:  # set back by assignment: monkeypatch's undo deletes the entry, which this config module hides for good
+        save_checkpoint(path, {"model": {"w": torch.arange(4096, dtype=torch.float32)}})
+    finally:
+        config.save.compute_crc32 = previous
     with zipfile.ZipFile(path) as archive:
         assert all(info.CRC == 0 for info in archive.infolist())
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.arange(4096, dtype=torch.float32))
