@@ -258,10 +258,12 @@ def browse(args: argparse.Namespace, now: dt.datetime) -> int:
     except re.error as error:
         raise ConfigError(f"-g {args.grep!r} is not a valid regular expression: {error}") from error
     run_dirs = find_run_dirs(root)
-    plot_path = None if args.plot is None else _plot_path(args.plot)
+    plot_path = args.plot if args.plot is None or args.plot.suffix else args.plot.with_name(args.plot.name + ".png")
     for flag, path in (("--csv", args.csv), ("--plot", plot_path)):
         if path is not None:
             _check_output(path, flag, run_dirs)
+    if plot_path is not None:
+        _check_plot_format(plot_path)
     names = {run_dir: _run_name(root, run_dir) for run_dir in run_dirs}
     runs = [summarise_run(run_dir, name, now) for run_dir, name in names.items() if pattern.search(name)]
     columns = table_columns(runs)
@@ -282,17 +284,13 @@ def browse(args: argparse.Namespace, now: dt.datetime) -> int:
     return 0
 
 
-def _plot_path(path: Path) -> Path:
-    """The file the figure goes to: PNG when the name has no suffix, else a format that matplotlib writes."""
+def _check_plot_format(path: Path) -> None:
     from matplotlib.figure import Figure
 
-    if not path.suffix:
-        return path.with_name(path.name + ".png")
     formats = Figure().canvas.get_supported_filetypes()
     if path.suffix[1:].lower() not in formats:
         supported = ", ".join(formats)
         raise ConfigError(f"--plot {path}: matplotlib cannot write {path.suffix} files; use one of {supported}")
-    return path
 
 
 def _write_output(flag: str, path: Path, write) -> None:

@@ -148,8 +148,8 @@ def expect_sop(data: bytes, root: str) -> Expected:
         fields = line.split(maxsplit=3)
         if not fields:
             continue
-        if len(fields) != 4 or not all(is_int64(field, negative=True) for field in fields[:3]):
-            return Expected(bad_line=number)
+        if len(fields) != 4 or not all(is_int64(field, negative=True) and int(field) >= 1 for field in fields[:3]):
+            return Expected(bad_line=number)  # SOP's ids start at 1
         paths.append(image_path(root, fields[3].strip()))
     return Expected(paths=tuple(paths))
 
