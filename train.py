@@ -25,12 +25,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dataset.loader import make_train_loader
 from experiment.build import AMP_DTYPES, Embedder, build_data, build_model, build_run_criterion, optim_settings
-from experiment.checkpointing import RunFlags, build_state, restore_rng_states, write_epoch_checkpoints
+from experiment.checkpointing import (
+    RunFlags,
+    build_state,
+    restore_rng_states,
+    settle_checkpoints,
+    write_epoch_checkpoints,
+)
 from experiment.config import Config, parse_config
 from experiment.divide import ClusterState, recluster_step, save_recluster_record
 from experiment.epoch import EpochProgress, StepSetup, train_one_epoch
 from experiment.protocol import nmi_enabled, run_evaluation
-from experiment.run_setup import RunPlan, plan_run
+from experiment.run_setup import RunPlan, last_completed_epoch, plan_run
 from lib.checkpoint import load_checkpoint, save_checkpoint
 from lib.dist import DistContext, any_rank, barrier, broadcast_object, init_distributed, shutdown
 from lib.env import environment_report
@@ -86,6 +92,8 @@ class Trainer:
             self.log = setup_logger(self.run.path / "log.txt", verbose=config.verbose)
             if moved is not None:
                 self.log.info(f"--overwrite: moved the previous run folder to {moved}")
+            if self.run.lock_unsupported:
+                self.log.warning(f"warning: {self.run.path} is on a file system without locks; run one copy at a time")
             self._record_start(argv)
             if config.verbose:  # the summary reads the masks from the device: only when it is shown
                 self.log.debug(f"masks created: {self.model.masks.summary()}")
@@ -456,6 +464,12 @@ class Trainer:
             moved = self.run.reconcile_records(last_completed, record, reclustered_epoch=epoch)
             for path in moved:
                 self.log.info(f"moved aside records beyond the checkpoint: {path}")
+            save_model = self.config.save_model
+            settled = settle_checkpoints(
+                self.run, state, source=self.resume_source, last_completed=last_completed, save_model=save_model
+            )
+            for note in settled:
+                self.log.info(note)
             self.run.set_status("running", nb_epochs=self.config.nb_epochs, last_epoch=last_completed)
         if mid:
             self.log.info(f"resuming epoch {epoch} at batch {mid['progress']['next_batch']}")
@@ -505,9 +519,14 @@ def _shared_plan(config: Config, dist: DistContext) -> RunPlan:
     Planning on every rank would race with rank 0 creating the folder or moving it aside (--overwrite).
     """
     plan = plan_run(config, log=print) if dist.is_main else None
-    decision = broadcast_object(
-        None if plan is None else (plan.run.path, plan.resume_source, plan.finished_epochs), dist
-    )
+    try:
+        decision = broadcast_object(
+            None if plan is None else (plan.run.path, plan.resume_source, plan.finished_epochs), dist
+        )
+    except BaseException:
+        if plan is not None:
+            plan.run.unlock()
+        raise
     if plan is not None:
         return plan
     path, source, finished = decision
@@ -515,8 +534,20 @@ def _shared_plan(config: Config, dist: DistContext) -> RunPlan:
     return RunPlan(RunFolder(path), state, source, finished)
 
 
-def _report_finished(plan: RunPlan, dist: DistContext) -> None:
+def _report_finished(plan: RunPlan, config: Config, dist: DistContext) -> None:
+    """Say that the run is done; first complete what a kill after its last checkpoint left unwritten (§9.3)."""
     if dist.is_main:
+        state, run = plan.resume_state, plan.run
+        if state is not None and plan.resume_source == run.checkpoint_path("last") and not plan.read_only:
+            completed = last_completed_epoch(state)
+            record = None if state.get("mid_epoch") else state["record"]
+            with stop_on_write_failure(f"the records of {run.path}"):
+                moved = run.reconcile_records(completed, record, reclustered_epoch=state["epoch"])
+                notes = settle_checkpoints(
+                    run, state, source=plan.resume_source, last_completed=completed, save_model=config.save_model
+                )
+            for line in [*(f"moved aside records beyond the checkpoint: {path}" for path in moved), *notes]:
+                print(line)
         if plan.run.finish_if_complete(plan.finished_epochs):
             print(f"{plan.run.path / STATUS_FILE} did not say finished; it does now.")
         print(
@@ -541,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         plan = _shared_plan(config, dist)  # on rank 0 it holds the run folder's lock until the end
         if plan.finished_epochs is not None:
-            _report_finished(plan, dist)
+            _report_finished(plan, config, dist)
             raise SystemExit(0)
         trainer = Trainer(config, plan, argv, dist, device)
         trainer.fit()
@@ -563,13 +594,13 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         torch.set_flush_denormal(False)
+        if plan is not None:
+            plan.run.unlock()
         if trainer is not None:
             trainer.preemption.uninstall()
             if trainer.wandb is not None:
                 trainer.wandb.finish()
             shutdown(trainer.dist)
-        if plan is not None:
-            plan.run.unlock()
     return 0
 
 

@@ -2,12 +2,13 @@
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from lib.checkpoint import save_checkpoint
-from lib.runs import RunFolder, epoch_tag
+from lib.checkpoint import checkpoint_epoch, save_checkpoint
+from lib.runs import RunFolder, epoch_tag, move_aside
 
 
 @dataclass
@@ -74,15 +75,50 @@ def build_state(
 
 
 def write_epoch_checkpoints(run: RunFolder, state: dict, *, epoch: int, save_model: int, improved: bool) -> None:
-    """``best`` on improvement; ``ep{E}`` every ``save_model`` epochs when it is > 1; ``last`` always, last of all.
+    """``last`` always, first (§9.3); ``best`` on improvement; ``ep{E}`` every ``save_model`` epochs when > 1.
 
-    A resume trusts ``last`` (its best epoch included), so ``last`` is written after the others: a kill between
-    two writes leaves ``best`` ahead of ``last``, never behind it, and redoing the epoch rewrites it.
+    A kill between these writes leaves ``best`` or ``ep{E}`` behind ``last``; ``settle_checkpoints`` completes
+    them from ``last`` when the run continues or is found finished.
     """
     if save_model == 0:
         return
+    save_checkpoint(run.checkpoint_path("last"), state)
     if improved:
         save_checkpoint(run.checkpoint_path("best"), state)
-    if save_model > 1 and epoch >= 0 and (epoch + 1) % save_model == 0:
+    if _periodic_due(epoch, save_model):
         save_checkpoint(run.checkpoint_path(f"ep{epoch_tag(epoch)}"), state)
-    save_checkpoint(run.checkpoint_path("last"), state)
+
+
+def settle_checkpoints(
+    run: RunFolder, state: dict, *, source: Path | None, last_completed: int, save_model: int
+) -> list[str]:
+    """Make the other checkpoints agree with ``state``, the checkpoint (file ``source``) the run continues from.
+
+    Checkpoints after ``last_completed`` belong to work that will be redone: moved aside (§9.3), ``last`` too
+    when the run continues from another file. An epoch-end ``state`` (``record`` set) rewrites what a kill after
+    ``last`` left unwritten: ``best`` when its own epoch is the best one, and its periodic checkpoint. Returns
+    what it did, for the log.
+    """
+    done = []
+    others = [run.checkpoint_path("last"), run.checkpoint_path("best"), *sorted(run.checkpoints.glob("ep*.pt"))]
+    for path in others:
+        if source is not None and path.resolve() == Path(source).resolve():
+            continue
+        epoch = checkpoint_epoch(path)
+        if epoch is not None and epoch > last_completed:
+            done.append(f"moved aside {path} (epoch {epoch}, after the checkpoint): {move_aside(path)}")
+    if state.get("record") is None or save_model == 0:
+        return done
+    best = run.checkpoint_path("best")
+    if state["flags"].get("best_epoch") == last_completed and checkpoint_epoch(best) != last_completed:
+        save_checkpoint(best, state)
+        done.append(f"wrote {best} from the checkpoint of epoch {last_completed}")
+    periodic = run.checkpoint_path(f"ep{epoch_tag(last_completed)}")
+    if _periodic_due(last_completed, save_model) and checkpoint_epoch(periodic) != last_completed:
+        save_checkpoint(periodic, state)
+        done.append(f"wrote {periodic} from the checkpoint of epoch {last_completed}")
+    return done
+
+
+def _periodic_due(epoch: int, save_model: int) -> bool:
+    return save_model > 1 and epoch >= 0 and (epoch + 1) % save_model == 0

@@ -1,5 +1,6 @@
 """Where a run lives and whether it starts, resumes or is already done (METHOD.md §3.1 step 1, §9.1)."""
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 from experiment.config import Config
 from lib.checkpoint import load_checkpoint
 from lib.errors import CheckpointError, ConfigError
+from lib.run_lock import ReadOnlyRunFolder
 from lib.runs import RunFolder, read_epoch_records
 
 LOG_ROOT = Path("log")
@@ -24,6 +26,7 @@ class RunPlan:
     finished_epochs: int | None = None  # set when nothing is left to train
     fresh: bool = False  # the folder does not exist yet
     replace_existing: bool = False  # --overwrite: move the existing folder aside when the run starts
+    read_only: bool = False  # a finished run in a folder this process cannot write: only reported on
 
 
 def run_folder_for(config: Config) -> Path:
@@ -50,14 +53,23 @@ def plan_run(config: Config, log=print) -> RunPlan:
         if not run.path.exists():
             _check_creatable(run.path)
             return RunPlan(run, fresh=True)
-    run.lock()
     try:
-        if explicit:
-            return _resume_plan(run, first, config, log)
-        return _plan_existing(run, config, log)
+        run.lock()
+        if run.lock_unsupported:
+            log(f"warning: the file system of {run.path} has no locks; nothing stops a second copy of this command")
+        read_only = None
+    except ReadOnlyRunFolder as error:
+        read_only = error
+    try:
+        plan = _resume_plan(run, first, config, log) if explicit else _plan_existing(run, config, log)
     except BaseException:
         run.unlock()
         raise
+    if read_only is not None:
+        if plan.finished_epochs is None:
+            raise read_only
+        return dataclasses.replace(plan, read_only=True)
+    return plan
 
 
 def _plan_existing(run: RunFolder, config: Config, log) -> RunPlan:
@@ -68,6 +80,11 @@ def _plan_existing(run: RunFolder, config: Config, log) -> RunPlan:
     epochs = [record["epoch"] for record in read_epoch_records(run.path)[0]]
     if epochs and max(epochs) >= config.nb_epochs - 1:
         return RunPlan(run, finished_epochs=max(epochs) + 1)
+    if good_checkpoints(run):
+        raise ConfigError(
+            f"the run folder {run.path} has no 'last' checkpoint (moved aside by a resume from an older one?); pass "
+            "--resume-fallback to continue from its newest good checkpoint, or --overwrite to start again."
+        )
     raise ConfigError(
         f"the run folder {run.path} exists but has no 'last' checkpoint to resume from (was it run with "
         "--save-model 0, or killed before its first checkpoint?). Add --overwrite to move it aside and start again."
@@ -111,7 +128,7 @@ def _resume_plan(run: RunFolder, first: Path, config: Config, log) -> RunPlan:
     source, state = load_with_fallback(run, first, config, fallback=config.resume_fallback, log=log)
     completed = last_completed_epoch(state)
     if completed >= config.nb_epochs - 1:
-        return RunPlan(run, finished_epochs=completed + 1)
+        return RunPlan(run, state, source, finished_epochs=completed + 1)  # the state settles the records
     return RunPlan(run, state, source)
 
 

@@ -59,13 +59,15 @@ def load_checkpoint(path: str | Path, *, hint: str = "") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist.{hint}")
     try:
-        damaged = _first_damaged_record(path)
-        if damaged is not None:
-            raise CheckpointError(
-                f"checkpoint {path} is corrupt: its record {damaged} does not match its checksum (a damaged disk "
-                f"or an interrupted copy).{hint}"
-            )
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as handle:  # one opening for both, so that a file replaced meanwhile is not mixed in
+            damaged = _first_damaged_record(handle)
+            if damaged is not None:
+                raise CheckpointError(
+                    f"checkpoint {path} is corrupt: its record {damaged} does not match its checksum or header (a "
+                    f"damaged disk or an interrupted copy).{hint}"
+                )
+            handle.seek(0)
+            payload = torch.load(handle, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
     except Exception as error:  # truncated zip, bad pickle, hostile content: all refused the same way
@@ -80,13 +82,23 @@ def load_checkpoint(path: str | Path, *, hint: str = "") -> dict:
     return from_storable(payload)
 
 
-def _first_damaged_record(path: Path) -> str | None:
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint holds, read without loading its tensors; None if missing or unreadable."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, truncated or foreign: no epoch to compare with
+        return None
+    epoch = payload.get("epoch") if isinstance(payload, dict) and payload.get("format") == FORMAT else None
+    return epoch if type(epoch) is int else None
+
+
+def _first_damaged_record(handle) -> str | None:
     """The name of the first zip record whose data does not match its stored CRC-32, or None.
 
     A CRC of 0 on a non-empty record means the writer skipped checksums (torch's ``compute_crc32`` off): not
     checkable, so not reported. Reading a record to its end makes zipfile compare the CRC.
     """
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(handle) as archive:
         for record in archive.infolist():
             if record.CRC == 0 and record.file_size:
                 continue

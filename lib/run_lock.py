@@ -14,8 +14,12 @@ from pathlib import Path
 from lib.errors import ConfigError
 
 LOCK_FILE = ".lock"
-_UNSUPPORTED = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
+_UNSUPPORTED = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}  # ENOTSUP: macOS
 _HELD = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES}
+
+
+class ReadOnlyRunFolder(ConfigError):
+    """The lock file cannot be made: fine for a command that only reports on a finished run."""
 
 
 def lock_run_folder(folder: Path):
@@ -27,7 +31,7 @@ def lock_run_folder(folder: Path):
     try:
         handle = open(folder / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 (kept open: it holds the lock)
     except OSError as error:
-        raise ConfigError(
+        raise ReadOnlyRunFolder(
             f"cannot write in the run folder {folder} ({error.strerror}); check its permissions, or choose another "
             "--log-dir."
         ) from error

@@ -111,11 +111,13 @@ class RunFolder:
         self.masks_dir = self.path / "masks"
         self._status: dict = {}
         self._lock = None
+        self.lock_unsupported = False
 
     def lock(self) -> None:
         """Hold the folder's lock until ``unlock`` (lib/run_lock.py): one training process per folder."""
         if self._lock is None:
             self._lock = lock_run_folder(self.path)
+            self.lock_unsupported = self._lock is None
 
     def unlock(self) -> None:
         if self._lock is not None:
@@ -135,6 +137,7 @@ class RunFolder:
             self.unlock()
         try:
             self.path.mkdir(parents=True, exist_ok=not (fresh or replace_existing))
+            self.lock()
             for folder in (self.checkpoints, self.recluster_dir):
                 folder.mkdir(exist_ok=True)
         except FileExistsError as error:
@@ -147,7 +150,6 @@ class RunFolder:
                 f"cannot create the run folder {self.path} ({error.strerror}); choose another --log-dir or fix the "
                 "permissions."
             ) from error
-        self.lock()
         return moved
 
     @property

@@ -20,9 +20,10 @@ from torch import nn
 import train
 from dataset.cluster_sampler import PlannedBatch
 from dataset.loader import Batch
+from experiment import checkpointing
 from experiment.epoch import EpochProgress, StepSetup, train_one_epoch
 from lib import checkpoint as checkpoint_module
-from lib.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from lib.checkpoint import FORMAT, checkpoint_epoch, load_checkpoint, save_checkpoint
 from lib.errors import DatasetError
 from lib.run_lock import LOCK_FILE, lock_run_folder
 from metriclearning.criteria import build_criterion
@@ -169,6 +170,33 @@ def test_truncated_last_checkpoint_needs_resume_fallback_which_resumes_from_best
     assert [r["epoch"] for r in epochs_of(run)] == [-1, 0, 1]
     assert load_checkpoint(last)["epoch"] == 1
     assert _status(run)["state"] == "finished"
+
+
+# ---------------------------------------------------------------- a kill between an epoch's checkpoints
+def test_a_kill_after_last_of_the_final_epoch_loses_no_record_and_best_is_completed(
+    extended, tmp_path, monkeypatch, capsys
+):
+    run = extended
+    real_save = checkpointing.save_checkpoint
+
+    def killed_at_best_of_epoch_1(path, state):
+        if Path(path).stem == "best" and state["epoch"] == 1:
+            raise KeyboardInterrupt  # the process dies here: last.pt holds epoch 1, best.pt and the record do not
+        real_save(path, state)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpointing, "save_checkpoint", killed_at_best_of_epoch_1)
+        assert run_main(TWO_EPOCHS, tmp_path, monkeypatch) == 130  # so epoch 1 was a new best
+    assert checkpoint_epoch(run / "checkpoints" / "last.pt") == 1
+    assert checkpoint_epoch(run / "checkpoints" / "best.pt") == 0
+    assert [r["epoch"] for r in epochs_of(run)] == [-1, 0]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        run_main(TWO_EPOCHS, tmp_path, monkeypatch)
+    assert done.value.code == 0 and "already trained for 2 epochs" in capsys.readouterr().out
+    assert [r["epoch"] for r in epochs_of(run)] == [-1, 0, 1]  # the record restored from last.pt
+    assert checkpoint_epoch(run / "checkpoints" / "best.pt") == 1
+    assert epochs_of(run)[-1]["best_epoch"] == 1 and _status(run)["state"] == "finished"
 
 
 # ---------------------------------------------------------------- a second copy of the command, --overwrite

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from experiment import checkpointing
+from experiment.checkpointing import settle_checkpoints
 from experiment.config import parse_config
 from experiment.run_setup import RESUME_ENTRIES, load_with_fallback, plan_run, run_folder_for
-from lib.checkpoint import save_checkpoint
+from lib.checkpoint import checkpoint_epoch, save_checkpoint
 from lib.errors import CheckpointError, ConfigError
-from lib.run_lock import LOCK_FILE
+from lib.run_lock import LOCK_FILE, ReadOnlyRunFolder
 from lib.runs import RunFolder
 from tests.test_train_e2e import GLYPHS
 
@@ -83,13 +84,13 @@ def test_no_good_checkpoint_names_the_folder(tmp_path, config):
         load_with_fallback(run, run.checkpoint_path("last"), config, fallback=True, log=lambda _: None)
 
 
-def test_last_is_written_after_best_and_the_periodic_checkpoint(tmp_path, monkeypatch):
-    """A kill between two writes must not leave ``best`` older than the best epoch that ``last`` records."""
+def test_last_is_written_first_then_best_and_the_periodic_checkpoint(tmp_path, monkeypatch):
+    """METHOD 9.3's order; what a kill in between leaves unwritten, settle_checkpoints completes from last."""
     written = []
     monkeypatch.setattr(checkpointing, "save_checkpoint", lambda path, state: written.append(Path(path).stem))
     run = RunFolder(tmp_path / "run")
     checkpointing.write_epoch_checkpoints(run, {}, epoch=3, save_model=2, improved=True)
-    assert written == ["best", "ep0003", "last"]
+    assert written == ["last", "best", "ep0003"]
     written.clear()
     checkpointing.write_epoch_checkpoints(run, {}, epoch=4, save_model=2, improved=False)
     assert written == ["last"]
@@ -150,4 +151,65 @@ def test_resume_accepts_the_checkpoints_folder_of_a_run(tmp_path, config):
     with_folder = parse_config(GLYPHS + ["--nb-epochs", "9", "--resume", str(run.checkpoints)], cuda_available=False)
     plan = plan_run(with_folder)
     assert plan.run.path == run.path and plan.resume_source == run.checkpoint_path("last")
+    plan.run.unlock()
+
+
+# ---------------------------------------------------------------- settling the other checkpoints on resume
+def _flags_state(config, epoch: int, best_epoch: int | None, record: bool = True) -> dict:
+    state = dict.fromkeys(RESUME_ENTRIES)
+    state.update(
+        config_hash=config.hash(), epoch=epoch, clusters={"k": 1}, mid_epoch=None, flags={"best_epoch": best_epoch}
+    )
+    state["record"] = {"epoch": epoch} if record else None
+    return state
+
+
+def test_settling_writes_what_a_kill_after_last_skipped_and_moves_the_future_aside(tmp_path, config):
+    run = _run_with(tmp_path, config, {"last": 5, "best": 3, "ep0002": 2})
+    state = _flags_state(config, 5, best_epoch=5)
+    notes = settle_checkpoints(run, state, source=run.checkpoint_path("last"), last_completed=5, save_model=3)
+    assert checkpoint_epoch(run.checkpoint_path("best")) == 5 and checkpoint_epoch(run.checkpoint_path("ep0005")) == 5
+    assert len(notes) == 2 and checkpoint_epoch(run.checkpoint_path("ep0002")) == 2
+    older = _flags_state(config, 2, best_epoch=1)  # --resume ep0002.pt: later checkpoints are the abandoned future
+    notes = settle_checkpoints(run, older, source=run.checkpoint_path("ep0002"), last_completed=2, save_model=3)
+    remaining = sorted(path.name for path in run.checkpoints.iterdir() if ".moved-" not in path.name)
+    assert remaining == ["ep0002.pt"] and len(notes) == 3  # last, best and ep0005 moved aside, none rewritten
+    assert settle_checkpoints(run, older, source=run.checkpoint_path("ep0002"), last_completed=2, save_model=3) == []
+
+
+def test_a_finished_run_in_a_read_only_folder_is_reported_without_its_lock(tmp_path, config, monkeypatch):
+    run = _run_with(tmp_path, config, {"last": 3})
+    (run.path / "config.json").write_text("{}")
+
+    def refused(folder):
+        raise ReadOnlyRunFolder(f"cannot write in the run folder {folder} (Permission denied)")
+
+    monkeypatch.setattr("lib.runs.lock_run_folder", refused)  # as for a folder of another user, even as root
+    finished = parse_config(GLYPHS + ["--nb-epochs", "4", "--resume", str(run.path)], cuda_available=False)
+    plan = plan_run(finished)
+    assert plan.finished_epochs == 4 and plan.read_only
+    more = parse_config(GLYPHS + ["--nb-epochs", "9", "--resume", str(run.path)], cuda_available=False)
+    with pytest.raises(ReadOnlyRunFolder, match="Permission denied"):
+        plan_run(more)
+
+
+def test_the_lock_is_released_even_when_the_error_is_kept(tmp_path, config, monkeypatch):
+    """pytest keeps a raised error, hence its traceback and train.main's frame: only an explicit release frees
+    the folder for the next command in the same process (a notebook, a sweep driver, these tests)."""
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    run = RunFolder(run_folder_for(config))
+    run.checkpoints.mkdir(parents=True)
+    _write(run.checkpoint_path("last"), config, 0)
+    (run.path / "config.json").write_text("{}")
+
+    def broken_build(config):
+        raise RuntimeError("a bug while building the data")
+
+    monkeypatch.setattr(train, "build_data", broken_build)
+    with pytest.raises(RuntimeError, match="a bug") as kept:
+        train.main(GLYPHS)  # planned a resume (lock taken), then failed
+    plan = plan_run(config)  # the folder is free although ``kept`` still holds main's frame
+    assert plan.resume_source == run.checkpoint_path("last") and kept.value is not None
     plan.run.unlock()
