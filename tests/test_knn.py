@@ -90,6 +90,18 @@ def test_duplicates_of_the_query_stay_and_come_in_index_order():
     np.testing.assert_array_equal(indices, [[1, 2], [0, 2], [0, 1], [0, 1]])
 
 
+@pytest.mark.parametrize("backend, device", ENGINES)
+def test_duplicates_far_from_the_origin_get_zero_distances_not_rounded_negatives(backend, device):
+    """|x|^2 + |y|^2 - 2 x.y rounds below 0 for equal vectors of large norm; distances stay >= 0, ties by index."""
+    rng = np.random.default_rng(3)
+    points = (rng.standard_normal((6, 64)) * 300 + 1000).astype(np.float32)
+    x = np.repeat(points, 3, axis=0)  # each point three times
+    distances, indices, _ = search(x, x, 5, backend=backend, device=device, exclude_self=True)
+    assert np.isfinite(distances).all() and (distances >= 0).all()
+    np.testing.assert_array_equal(distances[:, :2], 0)
+    np.testing.assert_array_equal(indices, oracle(x, x, 5, exclude_self=True))
+
+
 def test_query_missing_from_its_first_k_plus_1_drops_the_last():
     x = np.zeros((4, 3), dtype=np.float32)  # all tie at distance 0: the first k+1 are 0 and 1
     _, indices, _ = knn_search(x, x, 1, exclude_self=True)

@@ -142,6 +142,29 @@ def test_triplet_semihard_matches_loop(soft):
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
+def test_triplet_semihard_takes_a_strictly_farther_negative_and_ignores_single_class_batches():
+    # 1-d points: anchor 0 and positive 1 of class 0; negatives of class 1 at distance 1 (a tie) and 2.
+    e = torch.tensor([[0.0], [1.0], [-1.0], [2.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    x = e.clone().requires_grad_()
+    value = TripletSemihardLoss(margin=0.3)(x, labels)
+    value.backward()
+    # Anchors 0 and 1: one negative ties with d(a, p) = 1 and is not farther; the one at 2 is taken: hinge 0
+    # (the tied one would give 0.3). Anchors 2 and 3: d(a, p) = 3, no negative farther; the farthest (2): 1.3.
+    assert value.item() == pytest.approx((0 + 0 + 1.3 + 1.3) / 4, rel=1e-4)
+    assert semihard_oracle(e.double(), labels.tolist(), 0.3, soft=False) == pytest.approx(0.65, rel=1e-4)
+    one_class = TripletSemihardLoss(margin=0.3)(embeddings_of(4), torch.zeros(4, dtype=torch.long))
+    assert one_class.item() == 0.0  # no negative: no triplet, not a same-class stand-in
+
+
+@pytest.mark.parametrize("loss", [TripletSemihardLoss(margin=0.2), TripletAllLoss(margin=0.2)])
+def test_triplet_losses_keep_finite_gradients_on_duplicate_embeddings(loss):
+    e = embeddings_of(4).repeat(2, 1)  # every point twice: zero distances inside the square root
+    x = e.clone().requires_grad_()
+    loss(x, torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])).backward()
+    assert torch.isfinite(x.grad).all()
+
+
 def test_triplet_all_matches_loop():
     labels = [0, 0, 1, 1, 1, 2, 3, 3, 4]
     e = embeddings_of(9, seed=5)

@@ -82,7 +82,7 @@ def test_nmi_of_separated_clusters_is_one():
 
 def test_nmi_runs_kmeans_once_per_seed_and_reports_population_std(monkeypatch):
     labels = np.array([0, 0, 1, 1, 2, 2])
-    partitions = {0: np.array([0, 0, 1, 1, 2, 2]), 1: np.array([0, 1, 0, 1, 2, 2])}
+    partitions = {0: np.array([0, 0, 1, 1, 2, 2]), 1: np.array([0, 0, 0, 0, 0, 1])}  # entropies differ in run 1
     calls = []
 
     def fake_kmeans(features, k, seed, backend, niter, device):
@@ -95,3 +95,5 @@ def test_nmi_runs_kmeans_once_per_seed_and_reports_population_std(monkeypatch):
     assert calls == [(3, 0, "faiss", 100), (3, 1, "faiss", 100)]
     assert mean == pytest.approx(np.mean(scores)) and std == pytest.approx(np.std(scores))
     assert scores[0] == 1.0 and std > 0
+    geometric = normalized_mutual_info_score(labels, partitions[1], average_method="geometric")
+    assert abs(geometric - scores[1]) > 0.01  # so the mean above tells the arithmetic NMI (the seed's) apart

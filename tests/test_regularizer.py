@@ -23,10 +23,11 @@ def naive_regularizer(masks: torch.Tensor, lam: float, with_l1: bool) -> float:
     return value
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.01])  # small masks: norms below 1 must not be clamped
 @pytest.mark.parametrize("with_l1", [False, True])
 @pytest.mark.parametrize("count", [2, 3, 5])
-def test_matches_double_loop(count, with_l1):
-    masks = torch.randn(count, 7, generator=torch.Generator().manual_seed(count)) + 0.3
+def test_matches_double_loop(count, with_l1, scale):
+    masks = (torch.randn(count, 7, generator=torch.Generator().manual_seed(count)) + 0.3) * scale
     assert (masks < 0).any()  # the ReLU matters
     value = mask_regularizer(masks, lam=0.7, with_l1=with_l1)
     assert value.item() == pytest.approx(naive_regularizer(masks, 0.7, with_l1), rel=1e-5)
