@@ -19,11 +19,11 @@ def points(*values: float) -> np.ndarray:
 def test_self_retrieval_hand_case():
     # positions 0, 1, 3, 10, 11 with labels a, b, a, b, b
     x, labels = points(0, 1, 3, 10, 11), np.array(["a", "b", "a", "b", "b"])
-    result = evaluate_retrieval(x, labels, recall_ks=(1, 2, 4, 8), with_nmi=False)
+    result = evaluate_retrieval(x, labels, recall_ks=(1, 2, 4, 5, 8), with_nmi=False)
     # neighbours (own index excluded): 0 -> 1, 2 | 1 -> 0, 2 | 2 -> 1, 0 | 3 -> 4, 2 | 4 -> 3, 2
     # first same-label rank: 0: 2, 1: 3 (1 -> 0,2,3), 2: 2, 3: 1, 4: 1
     assert result["R@1"] == pytest.approx(2 / 5) and result["R@2"] == pytest.approx(4 / 5)
-    assert result["R@4"] == 1.0 and "R@8" not in result  # G = N - 1 = 4
+    assert result["R@4"] == 1.0 and "R@5" not in result and "R@8" not in result  # G = N - 1 = 4: k = N is left out
     # R_q: a -> 1, b -> 2. AP (MAP@R): 0: 0, 1: 0 (top 2: 0, 2), 2: 0, 3: (1 + 0) / 2, 4: 1/2
     assert result["MAP@R"] == pytest.approx(1 / 5)
     # mARP divides by the hits within the top R: 3 -> 1, 4 -> 1, others 0

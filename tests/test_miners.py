@@ -329,6 +329,18 @@ def test_random_flexible_miners_follow_rules(name):
         assert max(len(v) for v in seen.values()) > 1
 
 
+def test_boundaries_a_tie_with_the_positive_is_not_semihard_and_the_easypeasy_cutoff_is_strict():
+    """1-d points make the distances exact, so each boundary is met exactly."""
+    labels = torch.tensor([0, 0, 1, 1])
+    ties = torch.tensor([[0.0], [1.0], [-1.0], [1.1]])  # anchor 0: positive at 1, negatives at 1 (tie) and 1.1
+    miner, generator = build_miner("EPSHN", margin=0.3), torch.Generator().manual_seed(0)
+    negatives = {dict((a, n) for a, _, n in triplet_list(miner(ties, labels, generator)))[0] for _ in range(40)}
+    assert negatives == {3}  # only the negative strictly farther than the positive is semi-hard
+    cutoff = torch.tensor([[0.0], [3.0], [0.5], [0.7]])  # anchor 0: negatives at exactly CUTOFF = 0.5 and at 0.7
+    mined = triplet_list(build_miner("easypeasy", margin=0.2)(cutoff, labels))
+    assert dict((a, n) for a, _, n in mined)[0] == 2  # 0.5 is not below the cut-off: not penalised, nearest
+
+
 def test_build_miner_names():
     assert isinstance(build_miner("distanceweighted", margin=0.3), DistanceWeightedMiner)
     assert build_miner("distanceweighted", margin=0.3).tau == pytest.approx(1.5)
