@@ -29,14 +29,14 @@ from experiment.checkpointing import (
     RunFlags,
     build_state,
     restore_rng_states,
-    settle_checkpoints,
+    settle_run,
     write_epoch_checkpoints,
 )
 from experiment.config import Config, parse_config
 from experiment.divide import ClusterState, recluster_step, save_recluster_record
 from experiment.epoch import EpochProgress, StepSetup, train_one_epoch
 from experiment.protocol import nmi_enabled, run_evaluation
-from experiment.run_setup import RunPlan, last_completed_epoch, plan_run
+from experiment.run_setup import RunPlan, plan_run
 from lib.checkpoint import load_checkpoint, save_checkpoint
 from lib.dist import DistContext, any_rank, barrier, broadcast_object, init_distributed, shutdown
 from lib.env import environment_report
@@ -460,15 +460,7 @@ class Trainer:
         epoch = int(state["epoch"])
         last_completed = epoch - 1 if mid else epoch
         if self.dist.is_main:
-            record = None if mid else state["record"]
-            moved = self.run.reconcile_records(last_completed, record, reclustered_epoch=epoch)
-            for path in moved:
-                self.log.info(f"moved aside records beyond the checkpoint: {path}")
-            save_model = self.config.save_model
-            settled = settle_checkpoints(
-                self.run, state, source=self.resume_source, last_completed=last_completed, save_model=save_model
-            )
-            for note in settled:
+            for note in settle_run(self.run, state, source=self.resume_source, save_model=self.config.save_model):
                 self.log.info(note)
             self.run.set_status("running", nb_epochs=self.config.nb_epochs, last_epoch=last_completed)
         if mid:
@@ -539,15 +531,10 @@ def _report_finished(plan: RunPlan, config: Config, dist: DistContext) -> None:
     if dist.is_main:
         state, run = plan.resume_state, plan.run
         if state is not None and plan.resume_source == run.checkpoint_path("last") and not plan.read_only:
-            completed = last_completed_epoch(state)
-            record = None if state.get("mid_epoch") else state["record"]
             with stop_on_write_failure(f"the records of {run.path}"):
-                moved = run.reconcile_records(completed, record, reclustered_epoch=state["epoch"])
-                notes = settle_checkpoints(
-                    run, state, source=plan.resume_source, last_completed=completed, save_model=config.save_model
-                )
-            for line in [*(f"moved aside records beyond the checkpoint: {path}" for path in moved), *notes]:
-                print(line)
+                notes = settle_run(run, state, source=plan.resume_source, save_model=config.save_model)
+            for note in notes:
+                print(note)
         if plan.run.finish_if_complete(plan.finished_epochs):
             print(f"{plan.run.path / STATUS_FILE} did not say finished; it does now.")
         print(

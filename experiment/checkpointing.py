@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiment.run_setup import last_completed_epoch
 from lib.checkpoint import checkpoint_epoch, save_checkpoint
 from lib.runs import RunFolder, epoch_tag, move_aside
 
@@ -87,6 +88,19 @@ def write_epoch_checkpoints(run: RunFolder, state: dict, *, epoch: int, save_mod
         save_checkpoint(run.checkpoint_path("best"), state)
     if _periodic_due(epoch, save_model):
         save_checkpoint(run.checkpoint_path(f"ep{epoch_tag(epoch)}"), state)
+
+
+def settle_run(run: RunFolder, state: dict, *, source: Path | None, save_model: int) -> list[str]:
+    """Make the records and the other checkpoints agree with ``state``, loaded from ``source`` (§9.3).
+
+    For a run that resumes, and for a finished one whose ``last`` a kill left ahead of its records. Returns
+    what it moved or wrote, for the log.
+    """
+    completed = last_completed_epoch(state)
+    record = None if state.get("mid_epoch") else state["record"]
+    moved = run.reconcile_records(completed, record, reclustered_epoch=state["epoch"])
+    notes = [f"moved aside records beyond the checkpoint: {path}" for path in moved]
+    return notes + settle_checkpoints(run, state, source=source, last_completed=completed, save_model=save_model)
 
 
 def settle_checkpoints(

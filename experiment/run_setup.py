@@ -54,9 +54,7 @@ def plan_run(config: Config, log=print) -> RunPlan:
             _check_creatable(run.path)
             return RunPlan(run, fresh=True)
     try:
-        run.lock()
-        if run.lock_unsupported:
-            log(f"warning: the file system of {run.path} has no locks; nothing stops a second copy of this command")
+        run.lock()  # a file system without locks is logged once the run starts (train.py)
         read_only = None
     except ReadOnlyRunFolder as error:
         read_only = error
@@ -159,7 +157,7 @@ def load_with_fallback(run: RunFolder, first: Path, config: Config, *, fallback:
 
     others = [p for p in good_checkpoints(run) if p != first]
     last, best = run.checkpoint_path("last"), run.checkpoint_path("best")
-    for candidate in [first, *[p for p in others if p == last]]:
+    for candidate in [first, last] if last in others else [first]:
         state = attempt(candidate)
         if state is not None:
             if candidate != first:
