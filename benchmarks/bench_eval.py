@@ -3,6 +3,7 @@
     python benchmarks/bench_eval.py                      # 60,502 x 512, 11,316 classes (SOP's eval set)
     python benchmarks/bench_eval.py --repeats 3          # more interleaved rounds on a busy machine
     python benchmarks/bench_eval.py --n 16384 --classes 3072 --output bench.json
+    python benchmarks/bench_eval.py --faiss-threads 1    # faiss on one thread, as behind the issue's 69 s
 
 Synthetic embeddings: one random unit centre per class, 2..12 images per class (about 5.3 on average, as in
 SOP), Gaussian noise, L2-normalised, in random order. The evaluator computes R@1/10/100, MAP@R and mARP
@@ -17,6 +18,9 @@ Each round also times ``products_floor_s``: the float32 matrix products alone th
 must do at least once (every pair of points once, blocked sgemm with numpy's BLAS on all cores, nothing
 else). No exact engine built on these products can beat ``floor_ratio`` = products_floor_s / faiss_search_s,
 so it shows how much of the ratio is arithmetic and how much is everything else.
+
+Each round records ``cpu_steal``, the share of the machine's CPU time the hypervisor took during it (Linux): under
+steal faiss' OpenMP threads wait for each other and the ratio improves, so compare rounds with little steal.
 """
 
 import argparse
@@ -34,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import emit  # noqa: E402
+from benchmarks.report import cpu_times, emit, steal_fraction  # noqa: E402
 from lib.blas_workers import blas_workers, blocks  # noqa: E402
 from lib.faiss_backend import import_faiss  # noqa: E402
 from lib.recall_ks import RECALL_KS  # noqa: E402
@@ -93,13 +97,19 @@ def time_evaluation(embeddings: np.ndarray, labels: np.ndarray, backend: str) ->
     return seconds, peak, peak_reset, metrics
 
 
-def time_faiss(embeddings: np.ndarray, k: int) -> float:
+def time_faiss(embeddings: np.ndarray, k: int, threads: int | None) -> float:
+    """Seconds for a flat search of every point; ``threads`` None keeps faiss' OpenMP default (all cores)."""
     faiss = import_faiss()
-    start = time.perf_counter()
-    index = faiss.IndexFlatL2(embeddings.shape[1])
-    index.add(embeddings)
-    index.search(embeddings, k)
-    return time.perf_counter() - start
+    default_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads or default_threads)
+    try:
+        start = time.perf_counter()
+        index = faiss.IndexFlatL2(embeddings.shape[1])
+        index.add(embeddings)
+        index.search(embeddings, k)
+        return time.perf_counter() - start
+    finally:
+        faiss.omp_set_num_threads(default_threads)
 
 
 def time_products_floor(embeddings: np.ndarray, span: int = 512, width: int = 4096) -> float:
@@ -143,9 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds of (evaluator, faiss)")
     parser.add_argument("--output", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--faiss-threads",
+        type=int,
+        help="OpenMP threads of the faiss reference (default: faiss' default, all cores). 1 reproduces the "
+        "conditions of the issue's 69 s reference figure",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.faiss_threads is not None and args.faiss_threads < 1:
+        parser.error("--faiss-threads must be at least 1")
 
     embeddings, labels = synthetic_embeddings(args.n, args.classes, args.dim, args.seed)
     k = max(max(RECALL_KS["sop"]), int(np.bincount(labels).max()) - 1) + 1  # the evaluator's k, own index included
@@ -154,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     rounds = []
     for round_index in range(args.repeats):
         evaluation_first = round_index % 2 == 0
+        ticks_at_start = cpu_times()
         if not evaluation_first:
-            faiss_s = time_faiss(embeddings, k)
+            faiss_s = time_faiss(embeddings, k, args.faiss_threads)
         eval_s, peak, peak_is_eval_only, metrics = time_evaluation(embeddings, labels, args.backend)
         if evaluation_first:
-            faiss_s = time_faiss(embeddings, k)
+            faiss_s = time_faiss(embeddings, k, args.faiss_threads)
         floor_s = time_products_floor(embeddings)
         rounds.append(
             {
@@ -169,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 "floor_ratio": round(floor_s / faiss_s, 3),
                 "peak_rss_mb": round(peak, 1),
                 "load_average_1min": round(os.getloadavg()[0], 2),
+                "cpu_steal": steal_fraction(ticks_at_start, cpu_times()),
             }
         )
 
@@ -186,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_is_eval_only": peak_is_eval_only,
         "backend": metrics["knn_method"],
         "faiss_k": k,
+        "faiss_threads": args.faiss_threads or import_faiss().omp_get_max_threads(),
         "n": args.n,
         "dim": args.dim,
         "n_classes": args.classes,
