@@ -535,10 +535,10 @@ def _report_finished(plan: RunPlan, config: Config, dist: DistContext) -> None:
                 notes = settle_run(run, state, source=plan.resume_source, save_model=config.save_model)
             for note in notes:
                 print(note)
-        if plan.run.finish_if_complete(plan.finished_epochs):
-            print(f"{plan.run.path / STATUS_FILE} did not say finished; it does now.")
+        if run.finish_if_complete(plan.finished_epochs):
+            print(f"{run.path / STATUS_FILE} did not say finished; it does now.")
         print(
-            f"already trained for {plan.finished_epochs} epochs ({plan.run.path}); add --overwrite to train "
+            f"already trained for {plan.finished_epochs} epochs ({run.path}); add --overwrite to train "
             "again, or a larger --nb-epochs to continue."
         )
 
